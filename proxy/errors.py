@@ -1,0 +1,130 @@
+"""The proxy's one error hierarchy, and the one place that maps it to the wire.
+
+::
+
+    ProxyError                 500  anything unexpected
+    ├── BadRequest             400  malformed JSON, wrong field types, invalid values
+    ├── ModelNotFound          404  no backend serves the name (text differs per endpoint)
+    ├── NotSupported           501  Ollama features vLLM has no equivalent for
+    ├── ServerBusy             503  in-flight cap reached (Ollama's queue-full text)
+    ├── BackendUnavailable     502  connection refused / reset / DNS: names the backend
+    ├── BackendTimeout         504  no connection or no first byte in time
+    └── BackendError           4xx/5xx as vLLM answered, with vLLM's message
+
+Before the first byte a handler's error becomes a real status and ``{"error": msg}``
+(ollama-api.md §1.3); after it, ``streaming`` writes one final ``{"error": msg}`` line and
+the status stays 200. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class ProxyError(Exception):
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ProxyError):
+    status = 400
+
+
+class ModelNotFound(ProxyError):
+    status = 404
+
+
+class NotSupported(ProxyError):
+    status = 501
+
+
+class ServerBusy(ProxyError):
+    status = 503
+
+    def __init__(self) -> None:
+        # Ollama's text when OLLAMA_MAX_QUEUE is full (two spaces, as Ollama writes it).
+        super().__init__("server busy, please try again.  maximum pending requests exceeded")
+
+
+class BackendUnavailable(ProxyError):
+    status = 502
+
+
+class BackendTimeout(ProxyError):
+    status = 504
+
+
+class BackendError(ProxyError):
+    """vLLM answered with an error; ``status`` is vLLM's."""
+
+
+def not_found(endpoint: str, model: str) -> ModelNotFound:
+    """Ollama's exact unknown-model text for each endpoint (ollama-api.md §1.3)."""
+    if endpoint in ("embed", "embeddings"):
+        return ModelNotFound(f"model {_go_quote(model)} not found, try pulling it first")
+    return ModelNotFound(f"model '{model}' not found")
+
+
+def to_ollama_error(exc: BaseException) -> tuple[int, dict[str, str]]:
+    if isinstance(exc, ProxyError):
+        return exc.status, {"error": exc.message}
+    return 500, {"error": f"internal error: {type(exc).__name__}"}
+
+
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 501: "not_implemented_error",
+                 503: "service_unavailable_error"}  # fmt: skip
+
+
+def to_openai_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The same errors in OpenAI's envelope, for the /v1 passthrough routes."""
+    status, body = to_ollama_error(exc)
+    kind = _OPENAI_TYPES.get(status, "api_error")
+    return status, {"error": {"message": body["error"], "type": kind, "param": None, "code": status}}
+
+
+def parse_backend_error(status: int, body: bytes, backend: str) -> BackendError:
+    """vLLM's error bodies: nested ``{"error": {...}}`` (0.10+), flat ``{"object": "error",
+    "message": ...}`` (<= 0.9), ``{"error": "Unauthorized"}`` on 401, or plain text."""
+    message = message_from_body(body)
+    if not message:
+        message = f"vLLM backend {backend} answered HTTP {status}"
+    if status >= 500:
+        message = f"vLLM backend {backend}: {message}"
+    return BackendError(message, status)
+
+
+def message_from_body(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip()[:1000]
+    return message_from_event(data) or ""
+
+
+def message_from_event(data: Any) -> str | None:
+    """The error message in a vLLM JSON body or SSE event, or None if it is not an error."""
+    if not isinstance(data, dict):
+        return None
+    err = data.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("type") or "error")
+    if isinstance(err, str):
+        return err
+    if data.get("object") == "error":
+        return str(data.get("message") or "error")
+    detail = data.get("detail")  # FastAPI's own 404/405 bodies
+    if isinstance(detail, str):
+        return detail
+    return None
+
+
+def _go_quote(text: str) -> str:
+    """Go's %q for the plain names Ollama quotes in its embed errors."""
+    return orjson.dumps(text).decode()
