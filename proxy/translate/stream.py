@@ -1,0 +1,144 @@
+"""Stream translation shared by chat and generate: vLLM chunks in, Ollama objects out.
+
+A translator is fed each decoded SSE event with the time it arrived and returns the
+Ollama objects to write for it; ``finish`` returns the final ``done: true`` object.
+Timings are the proxy's own wall-clock measurements (see ``_metrics``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.errors import BackendError, message_from_event
+from proxy.translate.common import to_ollama_done_reason
+
+
+@dataclass
+class _PartialCall:
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class StreamTranslator:
+    model: str  # echoed exactly as the client spelled it
+    arrival_ns: int  # monotonic time the client's request arrived
+    sent_ns: int = 0  # monotonic time the upstream request was sent
+    first_ns: int | None = None  # first upstream chunk (prompt processed)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    tool_calls: dict[int, _PartialCall] = field(default_factory=dict)
+
+    def feed(self, event: bytes, created_at: str, now_ns: int) -> list[dict[str, Any]]:
+        try:
+            data = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"vLLM sent an unreadable stream event: {event[:200]!r}") from None
+        error = message_from_event(data)
+        if error is not None:
+            raise BackendError(error)
+        if data.get("usage"):
+            self.usage = data["usage"]
+        out = []
+        for choice in data.get("choices") or ():
+            if self.first_ns is None:
+                self.first_ns = now_ns
+            delta = choice.get("delta") or choice.get("message") or {}
+            text = delta.get("content") or choice.get("text") or ""
+            thinking = delta.get("reasoning") or delta.get("reasoning_content") or ""
+            if delta.get("tool_calls"):
+                self._add_tool_calls(delta["tool_calls"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            if text or thinking:
+                out.append(self.chunk(created_at, text, thinking))
+        return out
+
+    def finish(self, created_at: str, now_ns: int) -> dict[str, Any]:
+        if self.finish_reason is None:
+            raise BackendError("the vLLM stream ended before the reply was complete")
+        if self.finish_reason in ("abort", "error"):
+            raise BackendError(f"the vLLM backend ended the request ({self.finish_reason})")
+        final = self.final(created_at, self._complete_tool_calls())
+        final["done_reason"] = to_ollama_done_reason(self.finish_reason)
+        final.update(self._metrics(now_ns))
+        return final
+
+    def chunk(self, created_at: str, text: str, thinking: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def final(self, created_at: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
+        # Fragments of one call share an index; the name comes once, the arguments in
+        # pieces, and some parsers send explicit nulls (vllm-api.md §7).
+        for position, delta in enumerate(deltas):
+            index = delta.get("index")
+            call = self.tool_calls.setdefault(position if index is None else index, _PartialCall())
+            call.id = call.id or delta.get("id")
+            function = delta.get("function") or {}
+            call.name += function.get("name") or ""
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict):  # non-streamed shape, already an object
+                arguments = orjson.dumps(arguments).decode()
+            call.arguments += arguments or ""
+
+    def _complete_tool_calls(self) -> list[dict[str, Any]]:
+        calls = []
+        for index in sorted(self.tool_calls):
+            call = self.tool_calls[index]
+            try:
+                arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}
+            except orjson.JSONDecodeError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise BackendError(f"vLLM returned tool call arguments that are not a JSON object: {call.arguments[:200]!r}")
+            entry: dict[str, Any] = {"function": {"index": index, "name": call.name, "arguments": arguments}}
+            if call.id:
+                entry["id"] = call.id
+            calls.append(entry)
+        return calls
+
+    def _metrics(self, now_ns: int) -> dict[str, int]:
+        """Ollama's metrics from what the proxy can measure (README "Metrics").
+
+        total: arrival → end; load: arrival → upstream request sent; prompt_eval:
+        sent → first upstream chunk (vLLM's queueing and prefill); eval: first chunk →
+        end. Each is at least 1 ns, since clients divide by them. Counts come from vLLM's
+        usage and are left out when vLLM sent none: never invented.
+        """
+        sent = self.sent_ns or self.arrival_ns
+        first = self.first_ns if self.first_ns is not None else now_ns
+        metrics = {
+            "total_duration": max(1, now_ns - self.arrival_ns),
+            "load_duration": max(1, sent - self.arrival_ns),
+            "prompt_eval_duration": max(1, first - sent),
+            "eval_duration": max(1, now_ns - first),
+        }
+        if self.usage:
+            if self.usage.get("prompt_tokens"):
+                metrics["prompt_eval_count"] = int(self.usage["prompt_tokens"])
+            if self.usage.get("completion_tokens"):
+                metrics["eval_count"] = int(self.usage["completion_tokens"])
+        return metrics
+
+
+def fold(objects: list[dict[str, Any]], final: dict[str, Any], key: str) -> dict[str, Any]:
+    """A non-streaming reply: the final object with every chunk's text concatenated.
+
+    ``key`` is ``"message"`` for chat (content, thinking and tool calls live in the
+    message) and ``""`` for generate (``response`` and ``thinking`` at the top level).
+    """
+    holder = final[key] if key else final
+    text_key = "content" if key else "response"
+    parts = [(o[key] if key else o) for o in objects]
+    holder[text_key] = "".join(p.get(text_key, "") for p in parts) + holder.get(text_key, "")
+    thinking = "".join(p.get("thinking", "") for p in parts) + holder.get("thinking", "")
+    if thinking:
+        holder["thinking"] = thinking
+    return final
