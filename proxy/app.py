@@ -1,0 +1,46 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from proxy import openai_routes, routes
+from proxy.backend import Upstream, create_session
+from proxy.config import Config
+from proxy.discovery import Discovery
+from proxy.middleware import canonical
+from proxy.registry import Registry
+from proxy.state import CLOCK, CONFIG, DISCOVERY, REGISTRY, UPSTREAM
+from proxy.streaming import Clock
+
+# Ollama takes large bodies (base64 images, long contexts); aiohttp's default is 1 MiB.
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[canonical], client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = config
+    app[REGISTRY] = Registry(config)
+    app[CLOCK] = Clock()
+    app.cleanup_ctx.append(_backends)
+    app.add_routes(routes.routes)
+    app.add_routes(openai_routes.routes)
+    return app
+
+
+async def _backends(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    session = create_session(config.timeouts)
+    app[UPSTREAM] = Upstream(session, config.timeouts)
+    app[DISCOVERY] = discovery = Discovery(app[REGISTRY], app[UPSTREAM], config.refresh_interval)
+    await discovery.refresh()  # serve the first /api/tags with models already listed
+    task = asyncio.create_task(discovery.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await session.close()

@@ -1,0 +1,118 @@
+"""HTTP calls to vLLM servers over one shared ``ClientSession``; failures become
+``errors.*`` that name the backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.config import BackendConfig, Timeouts
+from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError, parse_backend_error
+
+# vLLM closes idle keep-alive connections after 5 s (uvicorn's default,
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE; vllm-api.md §2): drop ours first.
+POOL_IDLE_SECONDS = 4.0
+
+
+def create_session(timeouts: Timeouts) -> aiohttp.ClientSession:
+    # limit=0: aiohttp's default cap of 100 connections would silently queue the 101st
+    # concurrent stream (performance.md, design consequence 5).
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 json_serialize=lambda o: orjson.dumps(o).decode())  # fmt: skip
+
+
+class Upstream:
+    def __init__(self, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+        self._session = session
+        self._timeouts = timeouts
+
+    async def post(
+        self, backend: BackendConfig, path: str, body: Mapping[str, Any], request_id: str = ""
+    ) -> aiohttp.ClientResponse:
+        """POST and return the response once its headers arrived (status < 400).
+
+        The caller owns the response and must ``close()`` it: closing an unfinished
+        response drops the connection, which is what makes vLLM abort the request.
+        """
+        headers = {"Content-Type": "application/json"}
+        if backend.api_key:
+            headers["Authorization"] = f"Bearer {backend.api_key}"
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        data = orjson.dumps(body)
+        response = await self._send(backend, path, data, headers)
+        if response.status >= 400:
+            try:
+                raw = await response.read()
+            finally:
+                response.close()
+            raise parse_backend_error(response.status, raw, backend.name)
+        return response
+
+    async def post_json(self, backend: BackendConfig, path: str, body: Mapping[str, Any], request_id: str = "") -> Any:
+        response = await self.post(backend, path, body, request_id)
+        try:
+            raw = await response.read()
+        except aiohttp.ClientError as exc:
+            raise _unavailable(backend, exc) from None
+        finally:
+            response.close()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON", 502) from None
+
+    async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+        try:
+            async with asyncio.timeout(self._timeouts.discovery):
+                async with self._session.get(f"{backend.url}/v1/models", headers=headers) as response:
+                    raw = await response.read()
+        except TimeoutError:
+            raise BackendTimeout(f"vLLM backend {backend.name} ({backend.url}) did not list its models in time") from None
+        except aiohttp.ClientError as exc:
+            raise _unavailable(backend, exc) from None
+        if response.status >= 400:
+            raise parse_backend_error(response.status, raw, backend.name)
+        data = orjson.loads(raw)
+        return [c for c in data.get("data") or [] if isinstance(c, dict)]
+
+    async def is_embedding_model(self, backend: BackendConfig, served: str) -> bool:
+        """One probe per model: a pooling (embedding) server answers ``/v1/embeddings``;
+        a generative one has no such route (vllm-api.md §1)."""
+        try:
+            async with asyncio.timeout(self._timeouts.discovery):
+                await self.post_json(backend, "/v1/embeddings", {"model": served, "input": "probe"})
+        except (ProxyError, TimeoutError):
+            return False
+        return True
+
+    async def _send(self, backend: BackendConfig, path: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        url = f"{backend.url}{path}"
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self._timeouts.first_byte):
+                    return await self._session.post(url, data=data, headers=headers)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"vLLM backend {backend.name} ({backend.url}) did not answer within {self._timeouts.first_byte:g} s"
+                ) from None
+            except aiohttp.ServerDisconnectedError as exc:
+                # A pooled connection the server closed while idle fails before any
+                # byte of the answer: send once more on a fresh connection.
+                if attempt == 2:
+                    raise _unavailable(backend, exc) from None
+            except aiohttp.ClientError as exc:
+                raise _unavailable(backend, exc) from None
+        raise AssertionError("unreachable")
+
+
+def _unavailable(backend: BackendConfig, exc: BaseException) -> BackendUnavailable:
+    reason = str(exc) or type(exc).__name__
+    return BackendUnavailable(f"vLLM backend {backend.name} ({backend.url}) is unreachable: {reason}")

@@ -1,0 +1,56 @@
+"""Keeps the registry current: lists every backend's ``/v1/models`` at start-up and then
+every ``refresh_interval`` seconds, so ``/api/tags`` and ``/api/ps`` answer from memory
+and a slow backend never stalls the pages that poll them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from proxy.backend import Upstream
+from proxy.config import BackendConfig
+from proxy.errors import ProxyError
+from proxy.registry import Registry
+
+log = structlog.get_logger("proxy.discovery")
+
+
+class Discovery:
+    def __init__(self, registry: Registry, upstream: Upstream, interval: float) -> None:
+        self._registry = registry
+        self._upstream = upstream
+        self._interval = interval
+        self._last_ns = 0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            await asyncio.gather(*(self._refresh_one(s.config) for s in self._registry.backends))
+            self._last_ns = time.monotonic_ns()
+
+    async def refresh_if_stale(self, min_age_s: float = 1.0) -> None:
+        """On an unknown model: look again, in case a backend gained it since."""
+        if time.monotonic_ns() - self._last_ns > min_age_s * 1e9:
+            await self.refresh()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.refresh()
+
+    async def _refresh_one(self, backend: BackendConfig) -> None:
+        try:
+            cards = await self._upstream.list_models(backend)
+        except ProxyError as exc:
+            state = next(s for s in self._registry.backends if s.config.name == backend.name)
+            if state.up or state.error != exc.message:
+                log.warning("backend down", backend=backend.name, error=exc.message)
+            self._registry.mark_down(backend.name, exc.message)
+            return
+        new = self._registry.update(backend.name, cards, time.time_ns())
+        for served in new:
+            embedding = await self._upstream.is_embedding_model(backend, served)
+            self._registry.set_kind(backend.name, served, "embedding" if embedding else "completion")
+            log.info("model discovered", backend=backend.name, served=served, embedding=embedding)

@@ -1,0 +1,68 @@
+"""What every handler does first: parse the body the Ollama way and resolve the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy import errors
+from proxy.registry import Route
+from proxy.state import DISCOVERY, REGISTRY
+
+
+async def read_json(request: web.Request, go_type: str) -> dict[str, Any]:
+    """The body as JSON whatever the Content-Type (``curl -d`` sends form-encoded);
+    errors are 400s with Go's wording, never 422 (ollama-api.md §1.1)."""
+    raw = await request.read()
+    if not raw.strip():
+        raise errors.BadRequest("missing request body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.BadRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        kind = {list: "array", str: "string", bool: "bool"}.get(type(body), "number")
+        raise errors.BadRequest(f"json: cannot unmarshal {kind} into Go value of type api.{go_type}")
+    return body
+
+
+def field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], go_type: str, go_field: str) -> Any:
+    """A top-level field checked for its JSON type, as Go's decoder checks it."""
+    value = body.get(key)
+    if value is None or (isinstance(value, kind) and not (isinstance(value, bool) and bool not in _tuple(kind))):
+        return value
+    kind_name = {str: "string", bool: "bool", list: "array", dict: "object"}
+    got = kind_name.get(type(value), "number")
+    raise errors.BadRequest(f"json: cannot unmarshal {got} into Go struct field {go_type}.{key} of type {go_field}")
+
+
+def stream_flag(body: dict[str, Any], go_type: str) -> bool:
+    value = field(body, "stream", bool, go_type, "bool")
+    return True if value is None else value  # a missing `stream` means true
+
+
+async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
+    request["log"]["model"] = name
+    registry = request.app[REGISTRY]
+    route = registry.resolve(name)
+    if route is None:
+        await request.app[DISCOVERY].refresh_if_stale()
+        route = registry.resolve(name)
+    if route is None:
+        raise errors.not_found(endpoint, name)
+    request["log"]["backend"] = route.backend.name
+    return route
+
+
+def model_name(body: dict[str, Any], go_type: str) -> str:
+    """``model``, or the deprecated ``name`` some clients still send."""
+    value = body.get("model") or body.get("name") or ""
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"json: cannot unmarshal number into Go struct field {go_type}.model of type string")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)

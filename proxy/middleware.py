@@ -1,0 +1,70 @@
+"""Per-request bookkeeping: request id, the error → wire mapping, one canonical log line."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from proxy import errors
+from proxy.streaming import json_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("proxy.access")
+
+
+@web.middleware
+async def canonical(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request["request_id"] = request_id
+    request["arrival_ns"] = started = time.monotonic_ns()
+    request["log"] = record = {}
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        response = _http_exception(exc)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away; nginx's and Ollama's code for it
+        raise
+    except ConnectionResetError:
+        status = 499
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error leaves as JSON, never a traceback page
+        if not isinstance(exc, errors.ProxyError):
+            log.exception("unhandled error", path=request.path)
+        to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
+        status, body = to_wire(exc)
+        record["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return json_response(body, status, headers)
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            total_ms=round((time.monotonic_ns() - started) / 1e6, 1),
+            **record,
+        )
+
+
+def _http_exception(exc: web.HTTPException) -> web.Response:
+    """Routing errors as Ollama's gin router words them (ollama-api.md §1.1)."""
+    if exc.status == 404:
+        return web.Response(status=404, text="404 page not found")
+    if exc.status == 405:
+        return web.Response(status=405, text="405 method not allowed")
+    if exc.status == 413:
+        return json_response({"error": "request body too large"}, 413)
+    return web.Response(status=exc.status, text=exc.text or exc.reason)

@@ -1,0 +1,91 @@
+"""OpenAI passthrough on the Ollama port (VS Code Copilot and Open WebUI's ``/ollama/v1``
+call it): bodies relayed to the backend that serves the model, with the model name
+mapped both ways and SSE streamed through event by event."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from proxy import errors
+from proxy.handlers import read_json, resolve
+from proxy.sse import DONE, SSEDecoder
+from proxy.state import REGISTRY, UPSTREAM
+from proxy.streaming import json_response
+from proxy.translate import models as models_t
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    return json_response(models_t.to_openai_models(request.app[REGISTRY].models()))
+
+
+@routes.get("/v1/models/{model:.+}")
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    route = request.app[REGISTRY].resolve(name)
+    if route is None:
+        raise errors.ModelNotFound(f"model '{name}' not found")
+    return json_response(models_t.to_openai_model(route.facts))
+
+
+async def _passthrough(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, "OpenAIRequest")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise errors.BadRequest("model is required")
+    request["log"]["model"] = name
+    route = await resolve(request, name, "openai")
+    body["model"] = route.facts.served
+    upstream = await request.app[UPSTREAM].post(route.backend, request.path, body, request["request_id"])
+    rename = _Rename(route.facts.served, name)
+    if body.get("stream") is not True:
+        try:
+            data = orjson.loads(await upstream.read())
+        finally:
+            upstream.close()
+        if isinstance(data, dict) and "model" in data:
+            data["model"] = name
+        return json_response(data)
+    return await _relay_sse(request, upstream, rename)
+
+
+for _path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    routes.post(_path)(_passthrough)
+
+
+class _Rename:
+    """Replaces the served name with the client's in each event's ``"model"`` field,
+    without a parse/render per event (vLLM writes compact JSON)."""
+
+    def __init__(self, served: str, requested: str) -> None:
+        self._old = b'"model":' + orjson.dumps(served)
+        self._new = b'"model":' + orjson.dumps(requested)
+
+    def __call__(self, event: bytes) -> bytes:
+        return event.replace(self._old, self._new, 1)
+
+
+async def _relay_sse(request: web.Request, upstream: aiohttp.ClientResponse, rename: _Rename) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    decoder = SSEDecoder()
+    try:
+        await response.prepare(request)
+        async for data in upstream.content.iter_any():
+            events = decoder.feed(data)
+            if "ttft_ms" not in request["log"] and events:
+                request["log"]["ttft_ms"] = round((time.monotonic_ns() - request["arrival_ns"]) / 1e6, 1)
+            if events:
+                await response.write(b"".join(b"data: " + (e if e == DONE else rename(e)) + b"\n\n" for e in events))
+    except aiohttp.ClientPayloadError as exc:
+        message = orjson.dumps({"error": {"message": f"the vLLM stream broke off: {exc}", "type": "api_error", "code": 502}})
+        await response.write(b"data: " + message + b"\n\ndata: [DONE]\n\n")
+    finally:
+        upstream.close()
+    await response.write_eof()
+    return response

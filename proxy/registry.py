@@ -1,0 +1,104 @@
+"""Which Ollama name is served by which backend under which served name. State only, no I/O:
+discovery feeds it what each backend's ``/v1/models`` listed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from proxy import names
+from proxy.config import BackendConfig, Config, ModelEntry
+from proxy.translate.models import ModelFacts
+
+
+class Route(NamedTuple):
+    facts: ModelFacts
+    backend: BackendConfig
+
+
+@dataclass
+class BackendState:
+    config: BackendConfig
+    up: bool = False
+    error: str = ""
+    cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # served name → /v1/models card
+    kinds: dict[str, str] = field(default_factory=dict)  # served name → "embedding" | "completion"
+    seen_ns: dict[str, int] = field(default_factory=dict)  # served name → first seen (epoch ns)
+
+
+class Registry:
+    def __init__(self, config: Config) -> None:
+        self._states = {b.name: BackendState(b) for b in config.backends}
+        self._by_url = {b.url: b.name for b in config.backends}
+        self._aliases = config.models
+        self._routes: dict[str, Route] = {}
+        self._rebuild()
+
+    @property
+    def backends(self) -> list[BackendState]:
+        return list(self._states.values())
+
+    def update(self, backend: str, cards: list[dict[str, Any]], now_ns: int) -> list[str]:
+        """Record a successful listing; returns served names not seen before (to probe)."""
+        state = self._states[backend]
+        state.up, state.error = True, ""
+        state.cards = {str(c["id"]): c for c in cards if c.get("id") and not c.get("parent")}
+        new = [s for s in state.cards if s not in state.seen_ns]
+        for served in new:
+            state.seen_ns[served] = now_ns
+        self._rebuild()
+        return new
+
+    def set_kind(self, backend: str, served: str, kind: str) -> None:
+        self._states[backend].kinds[served] = kind
+        self._rebuild()
+
+    def mark_down(self, backend: str, error: str) -> None:
+        state = self._states[backend]
+        state.up, state.error = False, error
+        self._rebuild()
+
+    def resolve(self, name: str) -> Route | None:
+        key = names.key(name)
+        return self._routes.get(key) if key else None
+
+    def models(self) -> list[ModelFacts]:
+        return [r.facts for r in self._routes.values()]
+
+    def running(self) -> list[ModelFacts]:
+        return [r.facts for r in self._routes.values() if self._states[r.backend.name].up]
+
+    def _rebuild(self) -> None:
+        routes: dict[str, Route] = {}
+        for entry in self._aliases:  # configured aliases win over discovered names
+            state = self._states[self._by_url.get(entry.backend, entry.backend)]
+            parsed = names.parse(entry.name)
+            assert parsed is not None  # config validated it
+            routes.setdefault(parsed.key(), Route(self._facts(state, entry.served, parsed.display(), entry), state.config))
+        for state in self._states.values():
+            if not state.config.discover:
+                continue
+            for served in state.cards:
+                name = names.from_served(served)
+                routes.setdefault(name.key(), Route(self._facts(state, served, name.display(), None), state.config))
+        self._routes = routes
+
+    @staticmethod
+    def _facts(state: BackendState, served: str, display: str, entry: ModelEntry | None) -> ModelFacts:
+        card = state.cards.get(served, {})
+        kind = state.kinds.get(served, "completion")
+        caps = entry.capabilities if entry and entry.capabilities else (kind,)
+        return ModelFacts(
+            name=display,
+            backend_url=state.config.url,
+            served=served,
+            root=str(card.get("root") or served),
+            max_model_len=card.get("max_model_len"),
+            capabilities=caps,
+            family=entry.family if entry else None,
+            parameter_size=entry.parameter_size if entry else "",
+            quantization_level=entry.quantization_level if entry else "",
+            size=entry.size if entry else 0,
+            seen_ns=state.seen_ns.get(served, 0),
+            options=dict(entry.options) if entry else {},
+        )

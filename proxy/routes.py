@@ -1,0 +1,227 @@
+"""The Ollama REST surface: one short handler per endpoint (parse → resolve → translate →
+call → respond)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from proxy import errors, names
+from proxy.handlers import field, model_name, read_json, resolve, stream_flag
+from proxy.registry import Route
+from proxy.state import CLOCK, CONFIG, REGISTRY, UPSTREAM
+from proxy.streaming import json_response, relay_ollama, single_object
+from proxy.translate import embed as embed_t
+from proxy.translate import models as models_t
+from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
+from proxy.translate.common import keep_alive_seconds
+from proxy.translate.generate import GenerateStreamTranslator, to_openai_generate_request
+from proxy.translate.stream import StreamTranslator
+
+routes = web.RouteTableDef()
+log = structlog.get_logger("proxy.routes")
+
+
+@routes.get("/")
+async def root(_: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+@routes.get("/api/version")
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": request.app[CONFIG].ollama_version})
+
+
+@routes.get("/api/tags")
+async def tags(request: web.Request) -> web.Response:
+    return json_response(models_t.to_ollama_tags(request.app[REGISTRY].models()))
+
+
+@routes.get("/api/ps")
+async def ps(request: web.Request) -> web.Response:
+    # vLLM keeps its model loaded until the server stops: report it as loaded forever,
+    # as Ollama does for keep_alive < 0 (about 292 years ahead).
+    forever = datetime.now(timezone.utc) + timedelta(days=365 * 292)
+    return json_response(models_t.to_ollama_ps(request.app[REGISTRY].running(), forever.isoformat()))
+
+
+@routes.post("/api/show")
+async def show(request: web.Request) -> web.Response:
+    body = await read_json(request, "ShowRequest")
+    name = _required(body, "ShowRequest")
+    route = await resolve(request, name, "show")
+    return json_response(models_t.to_ollama_show(route.facts, name))
+
+
+@routes.post("/api/chat")
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, "ChatRequest")
+    name = _required(body, "ChatRequest")
+    stream = stream_flag(body, "ChatRequest")
+    messages = field(body, "messages", list, "ChatRequest", "[]api.Message")
+    keep_alive_seconds(body.get("keep_alive"))
+    route = await resolve(request, name, "chat")
+    if not messages:
+        return _lifecycle(request, name, body, stream, {"message": {"role": "assistant", "content": ""}})
+    _require_capability(route, name, "completion", "chat")
+    translated = to_openai_chat_request(body, route.facts.served, route.facts.options)
+    translator = ChatStreamTranslator(name, request["arrival_ns"])
+    return await _generate(request, route, "/v1/chat/completions", translated.body, translated.dropped, translator, stream, "message")
+
+
+@routes.post("/api/generate")
+async def generate(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, "GenerateRequest")
+    name = model_name(body, "GenerateRequest")
+    if not name:
+        raise errors.not_found("generate", name)  # Ollama maps invalid names to 404 here
+    stream = stream_flag(body, "GenerateRequest")
+    prompt = field(body, "prompt", str, "GenerateRequest", "string")
+    keep_alive_seconds(body.get("keep_alive"))
+    route = await resolve(request, name, "generate")
+    if not prompt and not body.get("suffix"):
+        return _lifecycle(request, name, body, stream, {"response": ""})
+    _require_capability(route, name, "completion", "generate")
+    if body.get("suffix") and "insert" not in route.facts.capabilities:
+        raise errors.BadRequest(f"{_full_name(name)} does not support insert")
+    path, translated = to_openai_generate_request(body, route.facts.served, route.facts.options, route.facts.max_model_len)
+    translator = GenerateStreamTranslator(name, request["arrival_ns"])
+    return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
+
+
+@routes.post("/api/embed")
+async def embed(request: web.Request) -> web.Response:
+    body = await read_json(request, "EmbedRequest")
+    name = _required(body, "EmbedRequest")
+    truncate = field(body, "truncate", bool, "EmbedRequest", "bool")
+    keep_alive_seconds(body.get("keep_alive"))
+    inputs = embed_t.embed_inputs(body)
+    route = await resolve(request, name, "embed")
+    result: dict[str, Any] = {"model": name, "embeddings": []}
+    if inputs:
+        upstream_body = embed_t.to_openai_embed_request(inputs, route.facts.served, truncate is not False)
+        response = await _call_embeddings(request, route, upstream_body, truncate is False)
+        raw = embed_t.vectors(response, len(inputs))
+        result["embeddings"] = embed_t.to_ollama_embeddings(raw, body.get("dimensions"))
+        count = embed_t.prompt_tokens(response)
+        if count:
+            result["prompt_eval_count"] = count
+            request["log"]["prompt_tokens"] = count
+    now = time.monotonic_ns()
+    result["total_duration"] = max(1, now - request["arrival_ns"])
+    result["load_duration"] = max(1, request.get("sent_ns", now) - request["arrival_ns"])
+    return json_response(result)
+
+
+@routes.post("/api/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    body = await read_json(request, "EmbeddingRequest")
+    name = _required(body, "EmbeddingRequest")
+    prompt = field(body, "prompt", str, "EmbeddingRequest", "string")
+    keep_alive_seconds(body.get("keep_alive"))
+    route = await resolve(request, name, "embeddings")
+    if not prompt:
+        return json_response({"embedding": []})
+    upstream_body = embed_t.to_openai_embed_request([prompt], route.facts.served, truncate=True)
+    response = await _call_embeddings(request, route, upstream_body, strict=False)
+    # The legacy endpoint returns the model's raw vector, not re-normalised (§2.6).
+    return json_response({"embedding": embed_t.vectors(response, 1)[0]})
+
+
+@routes.post("/api/pull")
+async def pull(request: web.Request) -> web.Response:
+    body = await read_json(request, "PullRequest")
+    name = _required(body, "PullRequest")
+    if request.app[REGISTRY].resolve(name) is None:
+        raise errors.ModelNotFound(
+            f"pull model manifest: model {name!r} is not served by any vLLM backend; start vLLM with it "
+            "(--served-model-name) or map the name to a served model in config.yaml"
+        )
+    # Already served: nothing to download. Ollama's sequence starts "pulling manifest".
+    if not stream_flag(body, "PullRequest"):
+        return json_response({"status": "success"})
+    lines = b'{"status":"pulling manifest"}\n{"status":"success"}\n'
+    return web.Response(body=lines, content_type="application/x-ndjson")
+
+
+_UNSUPPORTED = {
+    "push": "pushing models is not supported: the models are served by vLLM",
+    "create": "creating models is not supported: start vLLM with the model, or add an alias with default "
+    "options under `models:` in the proxy's config.yaml",
+    "copy": "copying models is not supported: add an alias under `models:` in the proxy's config.yaml",
+    "delete": "deleting models is not supported: stop the vLLM server that serves it, or remove its alias "
+    "from the proxy's config.yaml",
+    "blobs": "blobs are not supported: models are loaded by vLLM, not uploaded to the proxy",
+}
+
+
+def _unsupported(kind: str) -> Any:
+    async def handler(_: web.Request) -> web.Response:
+        raise errors.NotSupported(_UNSUPPORTED[kind])
+
+    return handler
+
+
+routes.post("/api/push")(_unsupported("push"))
+routes.post("/api/create")(_unsupported("create"))
+routes.post("/api/copy")(_unsupported("copy"))
+routes.delete("/api/delete")(_unsupported("delete"))
+routes.route("*", "/api/blobs/{digest}")(_unsupported("blobs"))
+
+
+async def _generate(
+    request: web.Request,
+    route: Route,
+    path: str,
+    body: dict[str, Any],
+    dropped: list[str],
+    translator: StreamTranslator,
+    stream: bool,
+    fold_key: str,
+) -> web.StreamResponse:
+    if dropped:
+        log.debug("fields not sent to vLLM", dropped=dropped)
+    translator.sent_ns = time.monotonic_ns()
+    upstream = await request.app[UPSTREAM].post(route.backend, path, body, request["request_id"])
+    return await relay_ollama(request, upstream, translator, request.app[CLOCK], stream, fold_key)
+
+
+async def _call_embeddings(request: web.Request, route: Route, body: dict[str, Any], strict: bool) -> Any:
+    request["sent_ns"] = time.monotonic_ns()
+    try:
+        return await request.app[UPSTREAM].post_json(route.backend, "/v1/embeddings", body, request["request_id"])
+    except errors.BackendError as exc:
+        if strict and exc.status == 400 and "maximum context length" in exc.message:
+            raise errors.BadRequest("the input length exceeds the context length") from None
+        raise
+
+
+def _lifecycle(request: web.Request, name: str, body: dict[str, Any], stream: bool, empty: dict[str, Any]) -> web.Response:
+    """Empty prompt/messages: Ollama's load (or, with keep_alive 0, unload) answer, one
+    object even when streaming. vLLM keeps its model loaded, so nothing is sent upstream."""
+    keep_alive = keep_alive_seconds(body.get("keep_alive"))
+    reason = "unload" if keep_alive == 0 else "load"
+    created = request.app[CLOCK].created_at()
+    return single_object({"model": name, "created_at": created, **empty, "done": True, "done_reason": reason}, stream)
+
+
+def _required(body: dict[str, Any], go_type: str) -> str:
+    name = model_name(body, go_type)
+    if not name:
+        raise errors.BadRequest("model is required")
+    return name
+
+
+def _require_capability(route: Route, name: str, capability: str, action: str) -> None:
+    if capability not in route.facts.capabilities:
+        raise errors.BadRequest(f'"{name}" does not support {action}')
+
+
+def _full_name(name: str) -> str:
+    parsed = names.parse(name)
+    return f"{parsed.host}/{parsed.namespace}/{parsed.model}:{parsed.tag}" if parsed else name
+

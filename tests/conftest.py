@@ -1,0 +1,40 @@
+"""Shared fixtures: a fake vLLM on a real socket and the proxy in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from proxy.config import from_mapping
+from tests.fakes.vllm import FakeVLLM, Model
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeVLLM]:
+    server = FakeVLLM({"tiny": Model(), "minilm": Model(kind="embedding", max_model_len=256)})
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def make_config(fake: FakeVLLM) -> Callable[..., Any]:
+    def make(**extra: Any) -> Any:
+        data = {"backends": [{"url": fake.url, "name": "fake"}], "log_level": "debug", **extra}
+        return from_mapping(data, "test")
+
+    return make
+
+
+@pytest.fixture
+async def proxy_server(aiohttp_server: Any, make_config: Callable[..., Any]) -> TestServer:
+    return await aiohttp_server(create_app(make_config()))
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, proxy_server: TestServer) -> TestClient:
+    return await aiohttp_client(proxy_server)

@@ -1,0 +1,259 @@
+"""A fake vLLM OpenAI server that speaks vLLM's wire format faithfully and records what it
+received: SSE ``data:`` framing, the role-only first chunk, a ``finish_reason`` chunk, the
+usage chunk with ``choices: []``, ``[DONE]``, nested (0.10+) or flat (<= 0.9) error
+bodies, mid-stream error events, and vLLM's validation of ``tools: []``. The shapes follow
+the vLLM 0.32.0 captures in tests/golden/captures and vllm-api.md §5-§10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    """What the fake generates: tokens, then tool calls, then the finish reason."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning"  # vLLM 0.12+; "reasoning_content" before
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments": str}
+    argument_piece: int = 3  # tool-call arguments are streamed in pieces of this many chars
+    finish: str = "stop"
+
+
+@dataclass
+class Model:
+    kind: str = "chat"  # "chat" or "embedding"
+    max_model_len: int = 2048
+    root: str = ""
+
+
+class FakeVLLM:
+    def __init__(self, models: dict[str, Model] | None = None, error_shape: str = "nested") -> None:
+        self.models = models or {"tiny": Model()}
+        self.error_shape = error_shape
+        self.reply = Reply()
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.fail_next: tuple[int, str] | None = None  # (status, message) for the next request
+        self.midstream_error: str | None = None  # error event after the first token
+        self.stall = False  # stop after the role chunk and wait for the client to leave
+        self.token_delay = 0.0
+        self.aborted = 0  # streams whose client went away before the end
+        self.active = 0  # streams in progress
+        self.peak_active = 0
+        self.stall_started = asyncio.Event()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/version", lambda _: web.json_response({"version": "0.32.0"}))
+        app.router.add_get("/health", lambda _: web.Response())
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    def last(self, path: str) -> dict[str, Any]:
+        return next(body for p, body in reversed(self.requests) if p == path)
+
+    # -- errors -----------------------------------------------------------------------
+
+    def error(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None) -> web.Response:
+        if self.error_shape == "flat":
+            body = {"object": "error", "message": message, "type": kind, "param": param, "code": status}
+        else:
+            body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+        return web.json_response(body, status=status)
+
+    async def _parse(self, request: web.Request, kind: str) -> tuple[dict[str, Any] | None, web.Response | None]:
+        if request.content_type != "application/json":
+            return None, self.error(400, "Unsupported Media Type: Only 'application/json' is allowed")
+        body = await request.json()
+        self.requests.append((request.path, body))
+        if self.fail_next:
+            status, message = self.fail_next
+            self.fail_next = None
+            return None, self.error(status, message, "InternalServerError" if status >= 500 else "BadRequestError")
+        model = body.get("model")
+        if model not in self.models:
+            return None, self.error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        if self.models[model].kind != kind:
+            return None, web.json_response({"detail": "Not Found"}, status=404)
+        if body.get("stream_options") and not body.get("stream"):
+            return None, self.error(400, "Stream options can only be defined when `stream=True`.")
+        return body, None
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def _models(self, _: web.Request) -> web.Response:
+        data = [
+            {"id": name, "object": "model", "created": 1700000000, "owned_by": "vllm", "root": m.root or f"/models/{name}",
+             "parent": None, "max_model_len": m.max_model_len, "permission": []}
+            for name, m in self.models.items()
+        ]  # fmt: skip
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, err = await self._parse(request, "chat")
+        if err:
+            return err
+        assert body is not None
+        if "tools" in body and body["tools"] == []:
+            return self.error(
+                400,
+                "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.",
+            )
+        return await self._generate(request, body, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body, err = await self._parse(request, "chat")
+        if err:
+            return err
+        assert body is not None
+        return await self._generate(request, body, chat=False)
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body, err = await self._parse(request, "embedding")
+        if err:
+            return err
+        assert body is not None
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"index": i, "object": "embedding", "embedding": fake_vector(text)} for i, text in enumerate(inputs)]
+        tokens = sum(len(t.split()) + 2 for t in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}
+        return web.json_response({"id": "embd-1", "object": "list", "created": 1, "model": body["model"], "data": data,
+                                  "usage": usage})  # fmt: skip
+
+    async def _generate(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        reply = self.reply
+        limit = body.get("max_tokens")
+        if not chat and limit is None:
+            limit = 16  # /v1/completions' OpenAI-legacy default
+        tokens = reply.tokens if limit is None else reply.tokens[:limit]
+        finish = "length" if limit is not None and limit < len(reply.tokens) else reply.finish
+        if reply.tool_calls and finish == "stop" and chat:
+            finish = "tool_calls"
+        prompt_tokens = _count_prompt(body)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens) + len(reply.reasoning),
+                 "total_tokens": prompt_tokens + len(tokens) + len(reply.reasoning)}  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(self._full(body, chat, tokens, finish, usage))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        try:
+            for event in self._events(body, chat, tokens, finish):
+                if self.stall:
+                    self.stall_started.set()
+                    await _wait_for_disconnect(request)
+                    raise ConnectionResetError
+                await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                if self.midstream_error and event["choices"] and _has_text(event):
+                    error = {"error": {"message": self.midstream_error, "type": "InternalServerError", "param": None, "code": 500}}
+                    await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
+                    return response
+            if (body.get("stream_options") or {}).get("include_usage"):
+                event = {**_envelope(body, chat), "choices": [], "usage": usage}
+                await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.aborted += 1
+            raise
+        finally:
+            self.active -= 1
+        await response.write_eof()
+        return response
+
+    def _events(self, body: dict[str, Any], chat: bool, tokens: list[str], finish: str) -> list[dict[str, Any]]:
+        env = _envelope(body, chat)
+        reply = self.reply
+        if not chat:
+            events = [{**env, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": None}]} for t in tokens]
+            last = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish, "stop_reason": None}
+            return [*events, {**env, "choices": [last]}]
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            if finish_reason:
+                choice["stop_reason"] = None
+            return {**env, "choices": [choice]}
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({reply.reasoning_field: t}) for t in reply.reasoning]
+        events += [chunk({"content": t}) for t in tokens]
+        for index, call in enumerate(reply.tool_calls):
+            head = {"index": index, "id": f"chatcmpl-tool-{index}", "type": "function",
+                    "function": {"name": call["name"], "arguments": ""}}  # fmt: skip
+            events.append(chunk({"tool_calls": [head]}))
+            args = call["arguments"]
+            for start in range(0, len(args), reply.argument_piece):
+                piece = {"index": index, "id": None, "type": None, "function": {"arguments": args[start : start + reply.argument_piece]}}
+                events.append(chunk({"tool_calls": [piece]}))
+        events.append(chunk({}, finish))
+        return events
+
+    def _full(self, body: dict[str, Any], chat: bool, tokens: list[str], finish: str, usage: dict[str, Any]) -> dict[str, Any]:
+        env = _envelope(body, chat)
+        env["object"] = "chat.completion" if chat else "text_completion"
+        if not chat:
+            choice = {"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish, "stop_reason": None}
+            return {**env, "choices": [choice], "usage": usage}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens), "refusal": None, "tool_calls": []}
+        if self.reply.reasoning:
+            message[self.reply.reasoning_field] = "".join(self.reply.reasoning)
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+        return {**env, "choices": [choice], "usage": usage, "prompt_logprobs": None, "kv_transfer_params": None}
+
+
+def fake_vector(text: str, dims: int = 8) -> list[float]:
+    """A deterministic, deliberately un-normalised vector for ``text``."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(b - 128) / 16.0 for b in digest[:dims]]
+
+
+def _envelope(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": "chatcmpl-fake" if chat else "cmpl-fake", "object": kind, "created": 1700000000, "model": body["model"]}
+
+
+def _count_prompt(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        text = " ".join(str(m.get("content", "")) for m in body["messages"])
+    else:
+        text = str(body.get("prompt", ""))
+    return len(text.split()) + 3
+
+
+def _has_text(event: dict[str, Any]) -> bool:
+    choice = event["choices"][0]
+    return bool((choice.get("delta") or {}).get("content") or choice.get("text"))
+
+
+async def _wait_for_disconnect(request: web.Request) -> None:
+    for _ in range(3000):  # bounded: 30 s
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.01)
