@@ -69,7 +69,12 @@ class Config:
 
     def with_cli(self, backends: list[str], listen: str | None, env: dict[str, str]) -> Config:
         """Apply command-line flags: ``--listen`` > ``OLLAMA_HOST`` > file > default."""
-        extra = [_backend({"url": url}, f"--backend {url}") for url in backends]
+        extra = []
+        for url in backends:
+            try:
+                extra.append(_backend({"url": url}, "backend"))
+            except ConfigError as exc:
+                raise ConfigError(f"--backend: {str(exc).split(': ', 1)[1]}") from None
         if listen is not None:
             chosen = parse_listen(listen, "--listen")
         elif env.get("OLLAMA_HOST"):
@@ -217,8 +222,8 @@ def _model(data: Any, where: str) -> ModelEntry:
         backend=_str(data["backend"], f"{where}.backend").rstrip("/"),
         served=_str(data["served"], f"{where}.served"),
         family=_str(data["family"], f"{where}.family") if "family" in data else None,
-        parameter_size=_str(data.get("parameter_size", ""), f"{where}.parameter_size"),
-        quantization_level=_str(data.get("quantization_level", ""), f"{where}.quantization_level"),
+        parameter_size=_str(data["parameter_size"], f"{where}.parameter_size") if "parameter_size" in data else "",
+        quantization_level=_str(data["quantization_level"], f"{where}.quantization_level") if "quantization_level" in data else "",
         size=size,
         capabilities=caps,
         options=dict(options),
