@@ -15,7 +15,7 @@ from proxy.discovery import Discovery
 from proxy.middleware import canonical
 from proxy.registry import Registry
 from proxy.state import CLOCK, CONFIG, DISCOVERY, REGISTRY, UPSTREAM
-from proxy.streaming import Clock
+from proxy.clock import Clock
 
 # Ollama takes large bodies (base64 images, long contexts); aiohttp's default is 1 MiB.
 MAX_BODY_BYTES = 256 * 1024 * 1024

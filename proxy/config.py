@@ -62,12 +62,17 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
     refresh_interval: float = 10.0  # seconds between model discoveries
+    workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
+    max_inflight: int = 512  # per worker: generation requests in flight before 503 (Ollama's queue size)
     timeouts: Timeouts = Timeouts()
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelEntry, ...] = ()
     source: str = "<defaults>"
 
-    def with_cli(self, backends: list[str], listen: str | None, env: dict[str, str]) -> Config:
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def with_cli(self, backends: list[str], listen: str | None, env: dict[str, str], workers: int | None = None) -> Config:
         """Apply command-line flags: ``--listen`` > ``OLLAMA_HOST`` > file > default."""
         extra = []
         for url in backends:
@@ -82,7 +87,9 @@ class Config:
         else:
             chosen = self.listen
         merged = _unique_backends([*self.backends, *extra], "--backend")
-        return replace(self, listen=chosen, backends=merged)
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers: expected a whole number >= 1, got {workers}")
+        return replace(self, listen=chosen, backends=merged, workers=workers or self.workers)
 
 
 def load(path: str) -> Config:
@@ -129,8 +136,8 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval",
-        "timeouts", "backends", "models"}  # fmt: skip
+_TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
+        "max_inflight", "timeouts", "backends", "models"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -149,6 +156,10 @@ def _config(data: Any, source: str) -> Config:
         kw["log_format"] = _choice(data["log_format"], "log_format", ("auto", "json", "console"))
     if "refresh_interval" in data:
         kw["refresh_interval"] = _positive(data["refresh_interval"], "refresh_interval")
+    if "workers" in data:
+        kw["workers"] = _count(data["workers"], "workers", minimum=0)
+    if "max_inflight" in data:
+        kw["max_inflight"] = _count(data["max_inflight"], "max_inflight", minimum=1)
     if "timeouts" in data:
         kw["timeouts"] = _timeouts(data["timeouts"])
     backends = [_backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]
@@ -272,6 +283,12 @@ def _positive(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _count(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: expected a whole number >= {minimum}, got {value!r}")
+    return value
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:

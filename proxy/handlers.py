@@ -9,7 +9,7 @@ from aiohttp import web
 
 from proxy import errors
 from proxy.registry import Route
-from proxy.state import DISCOVERY, REGISTRY
+from proxy.state import CONTEXT, DISCOVERY, REGISTRY
 
 
 async def read_json(request: web.Request, go_type: str) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def stream_flag(body: dict[str, Any], go_type: str) -> bool:
 
 
 async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
-    request["log"]["model"] = name
+    request[CONTEXT].log["model"] = name
     registry = request.app[REGISTRY]
     route = registry.resolve(name)
     if route is None:
@@ -52,7 +52,7 @@ async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
         route = registry.resolve(name)
     if route is None:
         raise errors.not_found(endpoint, name)
-    request["log"]["backend"] = route.backend.name
+    request[CONTEXT].log["backend"] = route.backend.name
     return route
 
 

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from proxy import errors
+from proxy.state import CONTEXT, RequestContext
 from proxy.streaming import json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -20,9 +21,9 @@ log = structlog.get_logger("proxy.access")
 @web.middleware
 async def canonical(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
-    request["request_id"] = request_id
-    request["arrival_ns"] = started = time.monotonic_ns()
-    request["log"] = record = {}
+    started = time.monotonic_ns()
+    request[CONTEXT] = context = RequestContext(request_id, started)
+    record = context.log
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     status = 500

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import errors
 from proxy.handlers import read_json, resolve
 from proxy.sse import DONE, SSEDecoder
-from proxy.state import REGISTRY, UPSTREAM
+from proxy.state import CONTEXT, REGISTRY, UPSTREAM
 from proxy.streaming import json_response
 from proxy.translate import models as models_t
 
@@ -39,10 +39,10 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise errors.BadRequest("model is required")
-    request["log"]["model"] = name
+    request[CONTEXT].log["model"] = name
     route = await resolve(request, name, "openai")
     body["model"] = route.facts.served
-    upstream = await request.app[UPSTREAM].post(route.backend, request.path, body, request["request_id"])
+    upstream = await request.app[UPSTREAM].post(route.backend, request.path, body, request[CONTEXT].request_id)
     rename = _Rename(route.facts.served, name)
     if body.get("stream") is not True:
         try:
@@ -78,8 +78,8 @@ async def _relay_sse(request: web.Request, upstream: aiohttp.ClientResponse, ren
         await response.prepare(request)
         async for data in upstream.content.iter_any():
             events = decoder.feed(data)
-            if "ttft_ms" not in request["log"] and events:
-                request["log"]["ttft_ms"] = round((time.monotonic_ns() - request["arrival_ns"]) / 1e6, 1)
+            if "ttft_ms" not in request[CONTEXT].log and events:
+                request[CONTEXT].log["ttft_ms"] = round((time.monotonic_ns() - request[CONTEXT].arrival_ns) / 1e6, 1)
             if events:
                 await response.write(b"".join(b"data: " + (e if e == DONE else rename(e)) + b"\n\n" for e in events))
     except aiohttp.ClientPayloadError as exc:

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import errors, names
 from proxy.handlers import field, model_name, read_json, resolve, stream_flag
 from proxy.registry import Route
-from proxy.state import CLOCK, CONFIG, REGISTRY, UPSTREAM
+from proxy.state import CLOCK, CONFIG, CONTEXT, REGISTRY, UPSTREAM
 from proxy.streaming import json_response, relay_ollama, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import models as models_t
@@ -69,7 +69,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return _lifecycle(request, name, body, stream, {"message": {"role": "assistant", "content": ""}})
     _require_capability(route, name, "completion", "chat")
     translated = to_openai_chat_request(body, route.facts.served, route.facts.options)
-    translator = ChatStreamTranslator(name, request["arrival_ns"])
+    translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
     return await _generate(request, route, "/v1/chat/completions", translated.body, translated.dropped, translator, stream, "message")
 
 
@@ -89,7 +89,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if body.get("suffix") and "insert" not in route.facts.capabilities:
         raise errors.BadRequest(f"{_full_name(name)} does not support insert")
     path, translated = to_openai_generate_request(body, route.facts.served, route.facts.options, route.facts.max_model_len)
-    translator = GenerateStreamTranslator(name, request["arrival_ns"])
+    translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns)
     return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
 
 
@@ -98,6 +98,7 @@ async def embed(request: web.Request) -> web.Response:
     body = await read_json(request, "EmbedRequest")
     name = _required(body, "EmbedRequest")
     truncate = field(body, "truncate", bool, "EmbedRequest", "bool")
+    dimensions = field(body, "dimensions", int, "EmbedRequest", "int")
     keep_alive_seconds(body.get("keep_alive"))
     inputs = embed_t.embed_inputs(body)
     route = await resolve(request, name, "embed")
@@ -106,14 +107,14 @@ async def embed(request: web.Request) -> web.Response:
         upstream_body = embed_t.to_openai_embed_request(inputs, route.facts.served, truncate is not False)
         response = await _call_embeddings(request, route, upstream_body, truncate is False)
         raw = embed_t.vectors(response, len(inputs))
-        result["embeddings"] = embed_t.to_ollama_embeddings(raw, body.get("dimensions"))
+        result["embeddings"] = embed_t.to_ollama_embeddings(raw, dimensions)
         count = embed_t.prompt_tokens(response)
         if count:
             result["prompt_eval_count"] = count
-            request["log"]["prompt_tokens"] = count
+            request[CONTEXT].log["prompt_tokens"] = count
     now = time.monotonic_ns()
-    result["total_duration"] = max(1, now - request["arrival_ns"])
-    result["load_duration"] = max(1, request.get("sent_ns", now) - request["arrival_ns"])
+    result["total_duration"] = max(1, now - request[CONTEXT].arrival_ns)
+    result["load_duration"] = max(1, (request[CONTEXT].sent_ns or now) - request[CONTEXT].arrival_ns)
     return json_response(result)
 
 
@@ -186,14 +187,14 @@ async def _generate(
     if dropped:
         log.debug("fields not sent to vLLM", dropped=dropped)
     translator.sent_ns = time.monotonic_ns()
-    upstream = await request.app[UPSTREAM].post(route.backend, path, body, request["request_id"])
+    upstream = await request.app[UPSTREAM].post(route.backend, path, body, request[CONTEXT].request_id)
     return await relay_ollama(request, upstream, translator, request.app[CLOCK], stream, fold_key)
 
 
 async def _call_embeddings(request: web.Request, route: Route, body: dict[str, Any], strict: bool) -> Any:
-    request["sent_ns"] = time.monotonic_ns()
+    request[CONTEXT].sent_ns = time.monotonic_ns()
     try:
-        return await request.app[UPSTREAM].post_json(route.backend, "/v1/embeddings", body, request["request_id"])
+        return await request.app[UPSTREAM].post_json(route.backend, "/v1/embeddings", body, request[CONTEXT].request_id)
     except errors.BackendError as exc:
         if strict and exc.status == 400 and "maximum context length" in exc.message:
             raise errors.BadRequest("the input length exceeds the context length") from None

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from aiohttp import web
 
 from proxy.backend import Upstream
 from proxy.config import Config
 from proxy.discovery import Discovery
 from proxy.registry import Registry
-from proxy.streaming import Clock
+from proxy.clock import Clock
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", Registry)
 UPSTREAM = web.AppKey("upstream", Upstream)
 DISCOVERY = web.AppKey("discovery", Discovery)
 CLOCK = web.AppKey("clock", Clock)
+
+
+@dataclass
+class RequestContext:
+    """Per-request bookkeeping the middleware creates and handlers fill in."""
+
+    request_id: str
+    arrival_ns: int  # monotonic time the request arrived
+    sent_ns: int = 0  # monotonic time the upstream request was sent
+    log: dict[str, Any] = field(default_factory=dict)  # fields of the canonical log line
+
+
+CONTEXT = web.RequestKey("context", RequestContext)

@@ -14,31 +14,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from proxy.clock import Clock
 from proxy.errors import BackendUnavailable, ProxyError
+from proxy.state import CONTEXT
 from proxy.sse import DONE, SSEDecoder
-from proxy.translate.common import rfc3339
 from proxy.translate.stream import StreamTranslator, fold
 
 NDJSON = "application/x-ndjson"
 _LINE = orjson.OPT_APPEND_NEWLINE
-
-
-class Clock:
-    """``created_at`` strings cached per millisecond: formatting costs as much as a
-    whole orjson parse and render (performance.md B2)."""
-
-    __slots__ = ("_ms", "_text")
-
-    def __init__(self) -> None:
-        self._ms = -1
-        self._text = ""
-
-    def created_at(self) -> str:
-        now = time.time_ns()
-        ms = now // 1_000_000
-        if ms != self._ms:
-            self._ms, self._text = ms, rfc3339(now)
-        return self._text
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -64,46 +47,61 @@ async def relay_ollama(
     decoder = SSEDecoder()
     response: web.StreamResponse | None = None
     collected: list[dict[str, Any]] = []
-    log = request.get("log", {})
+    out: list[dict[str, Any]] = []  # translated from the current read, not yet written
+    log = request[CONTEXT].log
     try:
         try:
             async for data in upstream.content.iter_any():
                 now, created = time.monotonic_ns(), clock.created_at()
-                out = [o for e in decoder.feed(data) if e != DONE for o in translator.feed(e, created, now)]
+                out = []
+                for event in decoder.feed(data):
+                    if event != DONE:
+                        out += translator.feed(event, created, now)
                 if not out:
                     continue
                 if not stream:
                     collected += out
-                    continue
-                if response is None:
+                elif response is None:
                     response = await _prepare(request)
-                await response.write(b"".join(orjson.dumps(o, option=_LINE) for o in out))
+                if stream:
+                    await response.write(_lines(out))
+                out = []
             now, created = time.monotonic_ns(), clock.created_at()
-            tail = [o for e in decoder.close() if e != DONE for o in translator.feed(e, created, now)]
-            final = translator.finish(created, now)
+            for event in decoder.close():
+                if event != DONE:
+                    out += translator.feed(event, created, now)
+            out.append(translator.finish(created, now))
         except aiohttp.ClientPayloadError as exc:
             raise BackendUnavailable(f"the vLLM stream broke off: {exc}") from None
         except aiohttp.ClientConnectionError as exc:
-            if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError) and response is not None:
+            if isinstance(exc, ConnectionResetError) and response is not None:
                 raise  # the client hung up while we wrote to it
             raise BackendUnavailable(f"the vLLM stream broke off: {exc or type(exc).__name__}") from None
     except ProxyError as exc:
         _record(log, translator)
+        if not stream or (response is None and not out):
+            raise  # nothing sent yet: a real status and {"error"} (ollama-api.md §1.3)
         if response is None:
-            raise
-        await response.write(orjson.dumps({"error": exc.message}, option=_LINE))
+            response = await _prepare(request)
+        # What arrived before the error is still delivered, then one error line.
+        await response.write(_lines(out) + orjson.dumps({"error": exc.message}, option=_LINE))
         await response.write_eof()
         return response
     finally:
         upstream.close()
     _record(log, translator)
     if not stream:
-        return json_response(fold(collected + tail, final, fold_key))
+        final = out.pop()
+        return json_response(fold(collected + out, final, fold_key))
     if response is None:
         response = await _prepare(request)
-    await response.write(b"".join(orjson.dumps(o, option=_LINE) for o in [*tail, final]))
+    await response.write(_lines(out))
     await response.write_eof()
     return response
+
+
+def _lines(objects: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(o, option=_LINE) for o in objects)
 
 
 def single_object(body: dict[str, Any], stream: bool) -> web.Response:

@@ -55,8 +55,8 @@ class FakeVLLM:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/version", lambda _: web.json_response({"version": "0.32.0"}))
-        app.router.add_get("/health", lambda _: web.Response())
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/health", self._health)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -103,6 +103,12 @@ class FakeVLLM:
         return body, None
 
     # -- routes -----------------------------------------------------------------------
+
+    async def _version(self, _: web.Request) -> web.Response:
+        return web.json_response({"version": "0.32.0"})
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.Response()
 
     async def _models(self, _: web.Request) -> web.Response:
         data = [

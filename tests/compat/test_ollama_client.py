@@ -1,0 +1,588 @@
+"""The official ollama-python client (0.6.3) against the proxy in front of the fake vLLM.
+
+Every call goes through ``ollama.AsyncClient`` exactly as an application makes it, so
+these tests catch anything the client's pydantic models or its NDJSON reader would
+reject (ollama-api.md §6.1, §7), and check what reached vLLM via ``fake.requests``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp.test_utils import TestServer
+from pydantic import BaseModel
+
+import ollama
+from tests.fakes.vllm import FakeVLLM, Reply, _count_prompt, fake_vector
+
+pytestmark = pytest.mark.compat
+
+CHAT = "/v1/chat/completions"
+DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string", "description": "The city"}},
+        },
+    },
+}
+
+
+def _tiny_png() -> bytes:
+    """A valid 1x1 RGB PNG, built here so the test needs no binary fixture."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+PNG = _tiny_png()
+
+
+@pytest.fixture
+def url(proxy_server: TestServer) -> str:
+    return str(proxy_server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def client(url: str, fake: FakeVLLM) -> AsyncIterator[ollama.AsyncClient]:
+    fake.requests.clear()  # forget discovery's probes: only the test's own calls remain
+    async with ollama.AsyncClient(host=url) as c:
+        yield c
+
+
+def upstream(fake: FakeVLLM, path: str = CHAT) -> list[dict[str, Any]]:
+    return [body for p, body in fake.requests if p == path]
+
+
+def expected_eval_count(fake: FakeVLLM, tokens: int | None = None) -> int:
+    reply = fake.reply
+    return (len(reply.tokens) if tokens is None else tokens) + len(reply.reasoning)
+
+
+def assert_final(final: Any, fake: FakeVLLM, done_reason: str = "stop", tokens: int | None = None) -> None:
+    """The last object of a generation: done, its reason, the fake's usage, int durations."""
+    assert final.done is True
+    assert final.done_reason == done_reason
+    assert final.prompt_eval_count == _count_prompt(fake.last(CHAT))
+    assert final.eval_count == expected_eval_count(fake, tokens)
+    for name in DURATIONS:
+        value = getattr(final, name)
+        assert isinstance(value, int) and not isinstance(value, bool), (name, value)
+        assert value > 0, (name, value)
+    assert isinstance(final.created_at, str) and final.created_at.endswith("Z")
+
+
+# -- listings -------------------------------------------------------------------------
+
+
+async def test_list_parses_models(client: ollama.AsyncClient) -> None:
+    listing = await client.list()
+    by_name = {m.model: m for m in listing.models}
+    assert set(by_name) == {"tiny:latest", "minilm:latest"}
+    for model in listing.models:
+        assert isinstance(model.modified_at, datetime)
+        assert model.digest is not None and len(model.digest) == 64
+        assert int(model.digest, 16) >= 0 and model.digest == model.digest.lower()
+        assert isinstance(model.size, int)
+        assert model.details is not None
+        assert model.details.format == "safetensors"
+        assert model.details.parent_model == ""
+        assert isinstance(model.details.family, str) and model.details.family
+        assert model.details.families == [model.details.family]
+        assert isinstance(model.details.parameter_size, str)
+        assert isinstance(model.details.quantization_level, str)
+
+
+async def test_show_chat_model(client: ollama.AsyncClient) -> None:
+    shown = await client.show("tiny")
+    assert shown.modelinfo is not None
+    arch = shown.modelinfo["general.architecture"]
+    assert isinstance(arch, str) and arch
+    assert shown.modelinfo[f"{arch}.context_length"] == 2048
+    assert "general.name" not in shown.modelinfo  # Ollama removes it
+    assert shown.capabilities is not None and "completion" in shown.capabilities
+    assert "embedding" not in shown.capabilities
+    assert shown.details is not None and shown.details.format == "safetensors"
+    assert shown.details.family == arch
+    assert isinstance(shown.modified_at, datetime)
+    assert shown.modelfile is not None and shown.modelfile.startswith('# Modelfile generated by "ollama show"')
+
+
+async def test_show_embedding_model(client: ollama.AsyncClient) -> None:
+    shown = await client.show("minilm:latest")
+    assert shown.capabilities == ["embedding"]
+    assert shown.modelinfo is not None
+    assert shown.modelinfo[f"{shown.modelinfo['general.architecture']}.context_length"] == 256
+
+
+async def test_ps_lists_served_models_as_loaded(client: ollama.AsyncClient) -> None:
+    running = await client.ps()
+    by_name = {m.model: m for m in running.models}
+    assert set(by_name) == {"tiny:latest", "minilm:latest"}
+    assert by_name["tiny:latest"].name == "tiny:latest"
+    assert by_name["tiny:latest"].context_length == 2048
+    assert by_name["minilm:latest"].context_length == 256
+    for model in running.models:
+        assert model.expires_at is not None
+        assert model.expires_at > datetime(2300, 1, 1, tzinfo=timezone.utc)  # keep_alive -1: ~292 years
+        assert model.size_vram == model.size
+        assert model.details is not None and model.details.format == "safetensors"
+
+
+async def test_version(url: str) -> None:
+    # ollama-python 0.6.3 has no version() call; ollama-js and Copilot GET /api/version.
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{url}/api/version")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    version = response.json()["version"]
+    parts = tuple(int(p) for p in version.split("."))
+    assert parts >= (0, 6, 4)  # Copilot refuses older servers
+
+
+# -- generate -------------------------------------------------------------------------
+
+
+async def test_generate(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.generate(model="tiny", prompt="Say hello")
+    assert result.model == "tiny"
+    assert result.response == "Hello, world!"
+    assert_final(result, fake)
+    sent = fake.last(CHAT)
+    assert sent["messages"] == [{"role": "user", "content": "Say hello"}]
+
+
+async def test_generate_streamed(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    chunks = [c async for c in await client.generate(model="tiny", prompt="Say hello", stream=True)]
+    assert "".join(c.response or "" for c in chunks) == "Hello, world!"
+    assert all(c.done is False for c in chunks[:-1])
+    assert all(c.model == "tiny" for c in chunks)
+    assert_final(chunks[-1], fake)
+
+
+async def test_generate_echoes_model_as_spelled(client: ollama.AsyncClient) -> None:
+    result = await client.generate(model="tiny:latest", prompt="hi")
+    assert result.model == "tiny:latest"
+
+
+# -- chat -----------------------------------------------------------------------------
+
+
+async def test_chat(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "Say hello"}])
+    assert result.model == "tiny"
+    assert result.message.role == "assistant"
+    assert result.message.content == "Hello, world!"
+    assert not result.message.tool_calls
+    assert_final(result, fake)
+
+
+async def test_chat_streamed(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    stream = await client.chat(model="tiny", messages=[{"role": "user", "content": "Say hello"}], stream=True)
+    chunks = [c async for c in stream]
+    assert len(chunks) >= 2
+    assert "".join(c.message.content or "" for c in chunks) == "Hello, world!"
+    assert all(c.message.role == "assistant" for c in chunks)
+    assert all(c.done is False for c in chunks[:-1])
+    assert_final(chunks[-1], fake)
+
+
+async def test_chat_sends_empty_tools_which_never_reach_vllm(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    # ollama-python always sends "tools": [], and vLLM answers an empty list with 400.
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert result.message.content == "Hello, world!"
+    assert "tools" not in fake.last(CHAT)
+
+
+async def test_chat_options_reach_vllm(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    options = {"temperature": 0.25, "num_predict": 3, "seed": 42, "stop": ["\n\n", "END"]}
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], options=options)
+    sent = fake.last(CHAT)
+    assert sent["temperature"] == 0.25
+    assert sent["max_tokens"] == 3
+    assert sent["seed"] == 42
+    assert sent["stop"] == ["\n\n", "END"]
+    # The fake stops after num_predict tokens with finish_reason "length".
+    assert result.message.content == "Hello, world"
+    assert_final(result, fake, done_reason="length", tokens=3)
+
+
+async def test_chat_options_as_client_type(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    options = ollama.Options(temperature=0.0, seed=7, top_k=20, top_p=0.9)
+    await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], options=options)
+    sent = fake.last(CHAT)
+    assert (sent["temperature"], sent["seed"], sent["top_k"], sent["top_p"]) == (0.0, 7, 20, 0.9)
+
+
+async def test_chat_format_json(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    await client.chat(model="tiny", messages=[{"role": "user", "content": "json please"}], format="json")
+    assert fake.last(CHAT)["response_format"] == {"type": "json_object"}
+
+
+class Weather(BaseModel):
+    city: str
+    temperature_c: float
+    sunny: bool
+
+
+async def test_chat_format_pydantic_schema(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    schema = Weather.model_json_schema()
+    await client.chat(model="tiny", messages=[{"role": "user", "content": "weather"}], format=schema)
+    sent = fake.last(CHAT)["response_format"]
+    assert sent["type"] == "json_schema"
+    assert isinstance(sent["json_schema"]["name"], str) and sent["json_schema"]["name"]
+    assert sent["json_schema"]["schema"] == schema
+
+
+async def test_generate_format_json(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    await client.generate(model="tiny", prompt="json please", format="json")
+    assert fake.last(CHAT)["response_format"] == {"type": "json_object"}
+
+
+# -- embeddings -----------------------------------------------------------------------
+
+
+def _normalised(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector]
+
+
+async def test_embed_string(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.embed(model="minilm", input="hello world")
+    assert result.model == "minilm"
+    assert len(result.embeddings) == 1
+    vector = list(result.embeddings[0])
+    assert math.isclose(math.sqrt(sum(v * v for v in vector)), 1.0, rel_tol=1e-9)
+    assert vector == pytest.approx(_normalised(fake_vector("hello world")))
+    assert result.prompt_eval_count == 4  # the fake counts words + 2 per input
+    assert fake.last("/v1/embeddings")["input"] == ["hello world"]
+
+
+async def test_embed_list(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    texts = ["first text", "second", "a third one"]
+    result = await client.embed(model="minilm", input=texts)
+    assert len(result.embeddings) == 3
+    for text, vector in zip(texts, result.embeddings, strict=True):
+        assert list(vector) == pytest.approx(_normalised(fake_vector(text)))
+        assert math.isclose(math.sqrt(sum(v * v for v in vector)), 1.0, rel_tol=1e-9)
+    assert result.prompt_eval_count == sum(len(t.split()) + 2 for t in texts)
+    assert isinstance(result.total_duration, int) and result.total_duration > 0
+
+
+async def test_embed_dimensions(client: ollama.AsyncClient) -> None:
+    result = await client.embed(model="minilm", input="hello world", dimensions=4)
+    vector = list(result.embeddings[0])
+    assert len(vector) == 4
+    assert math.isclose(math.sqrt(sum(v * v for v in vector)), 1.0, rel_tol=1e-9)
+    assert vector == pytest.approx(_normalised(fake_vector("hello world")[:4]))
+
+
+async def test_embeddings_legacy_raw_vector(client: ollama.AsyncClient) -> None:
+    result = await client.embeddings(model="minilm", prompt="hello world")
+    assert list(result.embedding) == fake_vector("hello world")  # raw, not normalised
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+async def test_unknown_model_chat(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.chat(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 404
+    assert info.value.error == "model 'nope' not found"
+
+
+async def test_unknown_model_chat_streamed(client: ollama.AsyncClient) -> None:
+    stream = await client.chat(model="nope", messages=[{"role": "user", "content": "hi"}], stream=True)
+    with pytest.raises(ollama.ResponseError) as info:
+        async for _ in stream:
+            pass
+    assert info.value.status_code == 404
+    assert info.value.error == "model 'nope' not found"
+
+
+async def test_unknown_model_generate(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.generate(model="nope", prompt="hi")
+    assert info.value.status_code == 404
+    assert info.value.error == "model 'nope' not found"
+
+
+async def test_unknown_model_show(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.show("nope")
+    assert info.value.status_code == 404
+    assert info.value.error == "model 'nope' not found"
+
+
+async def test_unknown_model_embed(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.embed(model="nope", input="hi")
+    assert info.value.status_code == 404
+    assert info.value.error == 'model "nope" not found, try pulling it first'
+
+
+async def test_unknown_model_embeddings(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.embeddings(model="nope", prompt="hi")
+    assert info.value.status_code == 404
+    assert info.value.error == 'model "nope" not found, try pulling it first'
+
+
+# vLLM may deliver the first token and the error event in one TCP read ("same-read") or
+# in two ("separate-reads"); either way the client must get the token, then the error line.
+SPLITS = pytest.mark.parametrize("token_delay", [0.0, 0.02], ids=["same-read", "separate-reads"])
+
+
+@SPLITS
+async def test_midstream_error_chat(client: ollama.AsyncClient, fake: FakeVLLM, token_delay: float) -> None:
+    fake.midstream_error = "CUDA out of memory"
+    fake.token_delay = token_delay
+    stream = await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True)
+    received: list[ollama.ChatResponse] = []
+    with pytest.raises(ollama.ResponseError) as info:
+        async for chunk in stream:
+            received.append(chunk)
+    assert info.value.status_code == -1
+    assert "CUDA out of memory" in info.value.error
+    assert received and received[0].message.content == "Hello"
+    assert not any(c.done for c in received)
+
+
+@SPLITS
+async def test_midstream_error_generate(client: ollama.AsyncClient, fake: FakeVLLM, token_delay: float) -> None:
+    fake.midstream_error = "CUDA out of memory"
+    fake.token_delay = token_delay
+    stream = await client.generate(model="tiny", prompt="hi", stream=True)
+    received: list[ollama.GenerateResponse] = []
+    with pytest.raises(ollama.ResponseError) as info:
+        async for chunk in stream:
+            received.append(chunk)
+    assert info.value.status_code == -1
+    assert "CUDA out of memory" in info.value.error
+    assert [c.response for c in received] == ["Hello"]
+
+
+async def test_backend_error_without_stream_is_a_status(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    # Not streaming, nothing has been sent yet: the error gets a real status (Ollama: 500).
+    fake.midstream_error = "CUDA out of memory"
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 500
+    assert "CUDA out of memory" in info.value.error
+
+
+# -- load / unload --------------------------------------------------------------------
+
+
+async def test_generate_without_prompt_loads(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.generate(model="tiny")
+    assert result.done is True
+    assert result.done_reason == "load"
+    assert result.response == ""
+    assert result.model == "tiny"
+    assert upstream(fake) == [] and upstream(fake, "/v1/completions") == []
+
+
+async def test_generate_without_prompt_loads_streamed(client: ollama.AsyncClient) -> None:
+    chunks = [c async for c in await client.generate(model="tiny", stream=True)]
+    assert len(chunks) == 1
+    assert chunks[0].done is True and chunks[0].done_reason == "load"
+
+
+async def test_chat_without_messages_loads(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.chat(model="tiny", messages=[])
+    assert result.done is True and result.done_reason == "load"
+    assert result.message.role == "assistant" and result.message.content == ""
+    assert upstream(fake) == []
+
+
+async def test_generate_keep_alive_zero_unloads(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.generate(model="tiny", keep_alive=0)  # sent as 0.0
+    assert result.done is True
+    assert result.done_reason == "unload"
+    assert upstream(fake) == []
+
+
+async def test_chat_keep_alive_zero_unloads(client: ollama.AsyncClient) -> None:
+    result = await client.chat(model="tiny", messages=[], keep_alive="0")
+    assert result.done_reason == "unload"
+
+
+async def test_keep_alive_with_prompt_still_generates(client: ollama.AsyncClient) -> None:
+    result = await client.generate(model="tiny", prompt="hi", keep_alive="5m")
+    assert result.response == "Hello, world!" and result.done_reason == "stop"
+
+
+# -- thinking -------------------------------------------------------------------------
+
+
+async def test_chat_think(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    fake.reply = Reply(reasoning=["Let", " me", " think."], tokens=["It", " is", " 4."])
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "2+2?"}], think=True)
+    assert result.message.thinking == "Let me think."
+    assert result.message.content == "It is 4."
+    assert_final(result, fake)
+    assert fake.last(CHAT)["chat_template_kwargs"] == {"enable_thinking": True}
+
+
+async def test_chat_think_streamed(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    fake.reply = Reply(reasoning=["Let", " me", " think."], tokens=["It", " is", " 4."])
+    stream = await client.chat(model="tiny", messages=[{"role": "user", "content": "2+2?"}], think=True, stream=True)
+    chunks = [c async for c in stream]
+    assert "".join(c.message.thinking or "" for c in chunks) == "Let me think."
+    assert "".join(c.message.content or "" for c in chunks) == "It is 4."
+    assert_final(chunks[-1], fake)
+
+
+async def test_chat_think_older_vllm_reasoning_content(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    fake.reply = Reply(reasoning=["Hmm."], tokens=["Yes."], reasoning_field="reasoning_content")
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "ok?"}], think=True)
+    assert result.message.thinking == "Hmm."
+    assert result.message.content == "Yes."
+
+
+async def test_chat_think_level(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], think="high")
+    sent = fake.last(CHAT)
+    assert sent["chat_template_kwargs"] == {"enable_thinking": True}
+    assert sent["reasoning_effort"] == "high"
+
+
+async def test_generate_think(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    fake.reply = Reply(reasoning=["Let", " me", " think."], tokens=["It", " is", " 4."])
+    result = await client.generate(model="tiny", prompt="2+2?", think=True)
+    assert result.thinking == "Let me think."
+    assert result.response == "It is 4."
+
+
+# -- tools ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_tool_call_round_trip(client: ollama.AsyncClient, fake: FakeVLLM, stream: bool) -> None:
+    fake.reply = Reply(tokens=[], tool_calls=[{"name": "get_weather", "arguments": '{"city": "Tokyo"}'}])
+    question = {"role": "user", "content": "What is the weather in Tokyo?"}
+    response = await client.chat(model="tiny", messages=[question], tools=[WEATHER_TOOL], stream=stream)
+    if stream:
+        chunks = [c async for c in response]
+        final = chunks[-1]
+        calls = [call for c in chunks for call in (c.message.tool_calls or [])]
+        assistant = final.message.model_copy(update={"tool_calls": calls})
+    else:
+        final = response
+        calls = list(final.message.tool_calls or [])
+        assistant = final.message
+    assert final.done is True and final.done_reason == "stop"  # Ollama has no "tool_calls" reason
+    assert len(calls) == 1
+    assert calls[0].function.name == "get_weather"
+    assert calls[0].function.arguments == {"city": "Tokyo"}
+
+    first = fake.last(CHAT)
+    assert [t["function"]["name"] for t in first["tools"]] == ["get_weather"]
+    assert first["tools"][0]["type"] == "function"
+    assert first["tools"][0]["function"]["parameters"]["properties"]["city"]["type"] == "string"
+
+    fake.reply = Reply(tokens=["It", " is", " sunny."])
+    history = [question, assistant, {"role": "tool", "content": "Sunny, 22 C", "tool_name": "get_weather"}]
+    answer = await client.chat(model="tiny", messages=history, tools=[WEATHER_TOOL])
+    assert answer.message.content == "It is sunny."
+
+    messages = fake.last(CHAT)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    sent_call = messages[1]["tool_calls"][0]
+    assert isinstance(sent_call["id"], str) and sent_call["id"]
+    assert sent_call["type"] == "function"
+    assert sent_call["function"]["name"] == "get_weather"
+    assert isinstance(sent_call["function"]["arguments"], str)
+    assert json.loads(sent_call["function"]["arguments"]) == {"city": "Tokyo"}
+    assert messages[2]["tool_call_id"] == sent_call["id"]
+    assert messages[2]["content"] == "Sunny, 22 C"
+
+
+async def test_tool_from_python_function(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    def get_weather(city: str) -> str:
+        """Get the current weather for a city.
+
+        Args:
+          city: The city
+
+        Returns:
+          str: The weather
+        """
+        return "Sunny"
+
+    fake.reply = Reply(tokens=[], tool_calls=[{"name": "get_weather", "arguments": '{"city": "Paris"}'}])
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "Paris?"}], tools=[get_weather])
+    assert result.message.tool_calls is not None
+    call = result.message.tool_calls[0]
+    assert call.function.arguments == {"city": "Paris"}
+    assert get_weather(**call.function.arguments) == "Sunny"
+    assert fake.last(CHAT)["tools"][0]["function"]["name"] == "get_weather"
+
+
+async def test_two_parallel_tool_calls(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    fake.reply = Reply(
+        tokens=[],
+        tool_calls=[
+            {"name": "get_weather", "arguments": '{"city": "Tokyo"}'},
+            {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        ],
+    )
+    question = {"role": "user", "content": "Tokyo and Oslo?"}
+    result = await client.chat(model="tiny", messages=[question], tools=[WEATHER_TOOL])
+    assert result.message.tool_calls is not None
+    assert [c.function.arguments for c in result.message.tool_calls] == [{"city": "Tokyo"}, {"city": "Oslo"}]
+
+    fake.reply = Reply()
+    history = [
+        question,
+        result.message,
+        {"role": "tool", "content": "Sunny", "tool_name": "get_weather"},
+        {"role": "tool", "content": "Snow", "tool_name": "get_weather"},
+    ]
+    await client.chat(model="tiny", messages=history, tools=[WEATHER_TOOL])
+    messages = fake.last(CHAT)["messages"]
+    ids = [c["id"] for c in messages[1]["tool_calls"]]
+    assert len(set(ids)) == 2
+    assert [m["tool_call_id"] for m in messages[2:]] == ids
+
+
+# -- images ---------------------------------------------------------------------------
+
+
+async def test_chat_image_becomes_image_url_part(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    message = {"role": "user", "content": "What is in this picture?", "images": [PNG]}
+    result = await client.chat(model="tiny", messages=[message])
+    assert result.message.content == "Hello, world!"
+    content = fake.last(CHAT)["messages"][0]["content"]
+    assert isinstance(content, list)
+    assert {"type": "text", "text": "What is in this picture?"} in content
+    images = [part for part in content if part["type"] == "image_url"]
+    assert len(images) == 1
+    assert images[0]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+async def test_generate_image_becomes_image_url_part(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    await client.generate(model="tiny", prompt="Describe", images=[PNG])
+    content = fake.last(CHAT)["messages"][-1]["content"]
+    urls = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
+    assert urls == ["data:image/png;base64," + base64.b64encode(PNG).decode()]
