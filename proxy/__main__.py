@@ -11,7 +11,7 @@ import os
 import sys
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, load, split_listen
+from proxy.config import Config, ConfigError, load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="address to listen on (default: $OLLAMA_HOST, else config, else 127.0.0.1:11434)")  # fmt: skip
     serve.add_argument("--config", metavar="PATH", help="YAML configuration file (see config.yaml)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes sharing the port (default: config, else one per CPU core)")  # fmt: skip
     return parser
 
 
@@ -31,38 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config) if args.config else Config()
-        config = config.with_cli(args.backend, args.listen, dict(os.environ))
+        config = config.with_cli(args.backend, args.listen, dict(os.environ), args.workers)
         if not config.backends:
             raise ConfigError("no backend: pass --backend URL or list backends in the config file")
     except ConfigError as exc:
         print(f"ollama-vllm-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
+    from proxy import workers  # noqa: PLC0415 - keep `--help` and config errors fast
 
-
-def serve(config: Config) -> int:
-    from aiohttp import web  # noqa: PLC0415 - keep `--help` and config errors fast
-
-    from proxy import logs  # noqa: PLC0415
-    from proxy.app import create_app  # noqa: PLC0415
-
-    logs.configure(config.log_level, config.log_format)
-    host, port = split_listen(config.listen)
-    try:
-        web.run_app(
-            create_app(config),
-            host=host,
-            port=port,
-            handler_cancellation=True,  # a client that hangs up cancels its handler → upstream closed
-            backlog=4096,  # aiohttp's 128 drops bursts of new streams (performance.md #6)
-            access_log=None,  # the canonical line per request replaces the access log
-            print=lambda *_: None,
-            shutdown_timeout=30.0,
-        )
-    except OSError as exc:
-        print(f"ollama-vllm-proxy: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+    return workers.run(config)
 
 
 if __name__ == "__main__":

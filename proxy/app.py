@@ -12,7 +12,7 @@ from proxy import openai_routes, routes
 from proxy.backend import Upstream, create_session
 from proxy.config import Config
 from proxy.discovery import Discovery
-from proxy.middleware import canonical
+from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
 from proxy.state import CLOCK, CONFIG, DISCOVERY, REGISTRY, UPSTREAM
 from proxy.clock import Clock
@@ -22,7 +22,7 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[canonical], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[canonical, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = config
     app[REGISTRY] = Registry(config)
     app[CLOCK] = Clock()

@@ -47,7 +47,7 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
         to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
         status, body = to_wire(exc)
         record["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": "1"} if isinstance(exc, errors.ServerBusy) else None
         return json_response(body, status, headers)
     finally:
         log.info(
@@ -69,3 +69,29 @@ def _http_exception(exc: web.HTTPException) -> web.Response:
     if exc.status == 413:
         return json_response({"error": "request body too large"}, 413)
     return web.Response(status=exc.status, text=exc.text or exc.reason)
+
+
+_GENERATING = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/v1/chat/completions",
+               "/v1/completions", "/v1/embeddings")  # fmt: skip
+
+
+def inflight_cap(limit: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Past ``limit`` generation requests in flight in this worker, answer 503 with
+    Ollama's queue-full error and Retry-After instead of queueing silently (a saturated
+    relay otherwise shows up only as seconds of added TTFT; performance.md #8)."""
+    inflight = 0
+
+    @web.middleware
+    async def cap(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal inflight
+        if request.path not in _GENERATING:
+            return await handler(request)
+        if inflight >= limit:
+            raise errors.ServerBusy
+        inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            inflight -= 1
+
+    return cap

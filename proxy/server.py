@@ -1,0 +1,33 @@
+"""Runs one proxy process (a worker) until it is told to stop."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from proxy import logs
+from proxy.app import create_app
+from proxy.config import Config, split_listen
+
+
+def serve(config: Config, reuse_port: bool = False) -> int:
+    logs.configure(config.log_level, config.log_format)
+    host, port = split_listen(config.listen)
+    try:
+        web.run_app(
+            create_app(config),
+            host=host,
+            port=port,
+            handler_cancellation=True,  # a client that hangs up cancels its handler → upstream closed
+            backlog=4096,  # aiohttp's 128 drops bursts of new streams (performance.md #6)
+            access_log=None,  # the canonical line per request replaces the access log
+            print=lambda *_: None,
+            shutdown_timeout=30.0,
+            reuse_port=reuse_port,
+        )
+    except OSError as exc:
+        print(f"ollama-vllm-proxy: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
