@@ -97,7 +97,22 @@ def parse_backend_error(status: int, body: bytes, backend: str) -> BackendError:
         message = f"vLLM backend {backend} answered HTTP {status}"
     if status >= 500:
         message = f"vLLM backend {backend}: {message}"
+    for needle, hint in _HINTS:
+        if needle in message:
+            message = hint.format(backend=backend, message=message)
+            break
     return BackendError(message, status)
+
+
+# vLLM errors whose text does not tell an Ollama user what to do (vllm-api.md §17).
+_HINTS = (
+    ("--enable-auto-tool-choice",
+     "this model does not support tools: the vLLM backend {backend} must be started with "
+     "--enable-auto-tool-choice --tool-call-parser <parser> ({message})"),
+    ("body.stop",
+     "too many stop strings: vLLM accepts at most 4 per request (VLLM_MAX_STOP_STRINGS on the "
+     "backend {backend}) ({message})"),
+)  # fmt: skip
 
 
 def message_from_body(body: bytes) -> str:

@@ -97,6 +97,10 @@ class StreamTranslator:
             except orjson.JSONDecodeError:
                 arguments = None
             if not isinstance(arguments, dict):
+                if self.finish_reason == "length":
+                    # Cut off by max_tokens mid-call (captured from vLLM 0.32.0): not a call
+                    # the client could run; done_reason "length" says the reply was cut.
+                    continue
                 raise BackendError(f"vLLM returned tool call arguments that are not a JSON object: {call.arguments[:200]!r}")
             entry: dict[str, Any] = {"function": {"index": index, "name": call.name, "arguments": arguments}}
             if call.id:

@@ -154,3 +154,18 @@ def test_keep_alive(value: Any, seconds: float | None) -> None:
 def test_keep_alive_errors(value: str, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         keep_alive_seconds(value)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        pytest.param(b'{"error":{"message":"\\"auto\\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set","code":400}}',
+                     "this model does not support tools: the vLLM backend b must be started with --enable-auto-tool-choice",
+                     id="tools without a parser says which flags"),  # fmt: skip
+        pytest.param(b'{"error":{"message":"2 validation errors: body.stop List should have at most 4 items","code":400}}',
+                     "too many stop strings: vLLM accepts at most 4", id="too many stop strings"),  # fmt: skip
+    ],
+)
+def test_backend_errors_get_a_hint(body: bytes, fragment: str) -> None:
+    status, reply = errors.to_ollama_error(errors.parse_backend_error(400, body, "b"))
+    assert status == 400 and reply["error"].startswith(fragment)
