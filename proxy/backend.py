@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,7 +99,7 @@ class Upstream:
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self._timeouts.first_byte):
-                    return await self._session.post(url, data=data, headers=headers)
+                    return await self._session.post(url, data=_payload(data), headers=headers)
             except TimeoutError:
                 raise BackendTimeout(
                     f"vLLM backend {backend.name} ({backend.url}) did not answer within {self._timeouts.first_byte:g} s"
@@ -111,6 +112,12 @@ class Upstream:
             except aiohttp.ClientError as exc:
                 raise _unavailable(backend, exc) from None
         raise AssertionError("unreachable")
+
+
+def _payload(data: bytes) -> bytes | io.BytesIO:
+    # aiohttp warns that sending over 1 MiB of raw bytes blocks the event loop; a file
+    # object is streamed in chunks instead (long prompts, base64 images).
+    return io.BytesIO(data) if len(data) > 1024 * 1024 else data
 
 
 def _unavailable(backend: BackendConfig, exc: BaseException) -> BackendUnavailable:

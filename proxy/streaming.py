@@ -79,6 +79,7 @@ async def relay_ollama(
             raise BackendUnavailable(f"the vLLM stream broke off: {exc or type(exc).__name__}") from None
     except ProxyError as exc:
         _record(log, translator)
+        log["error"] = exc.message
         if not stream or (response is None and not out):
             raise  # nothing sent yet: a real status and {"error"} (ollama-api.md §1.3)
         if response is None:

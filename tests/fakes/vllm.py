@@ -53,7 +53,7 @@ class FakeVLLM:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> str:
-        app = web.Application()
+        app = web.Application(client_max_size=256 * 1024 * 1024)  # vLLM takes long prompts
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/version", self._version)
         app.router.add_get("/health", self._health)
