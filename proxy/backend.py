@@ -84,14 +84,33 @@ class Upstream:
         data = orjson.loads(raw)
         return [c for c in data.get("data") or [] if isinstance(c, dict)]
 
-    async def is_embedding_model(self, backend: BackendConfig, served: str) -> bool:
-        """One probe per model: a pooling (embedding) server answers ``/v1/embeddings``;
-        a generative one has no such route (vllm-api.md §1)."""
+    async def probe_capabilities(self, backend: BackendConfig, served: str) -> tuple[str, ...]:
+        """What a served model can do, learned once with tiny requests (vllm-api.md §19):
+        a pooling server answers ``/v1/embeddings`` and nothing else; a generative one
+        takes tools only with a tool parser and images only if it is multimodal. Only a
+        definite refusal (400) removes a capability; a probe that fails otherwise keeps it,
+        so vLLM itself decides."""
+        if await self._accepts(backend, "/v1/embeddings", {"model": served, "input": "probe"}) is True:
+            return ("embedding",)
+        caps = ["completion"]
+        base = {"model": served, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+        if await self._accepts(backend, "/v1/chat/completions", {**base, "tools": [_PROBE_TOOL]}) is not False:
+            caps.append("tools")
+        image = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": _PROBE_IMAGE}}]
+        vision = {**base, "messages": [{"role": "user", "content": image}]}
+        if await self._accepts(backend, "/v1/chat/completions", vision) is not False:
+            caps.append("vision")
+        return tuple(caps)
+
+    async def _accepts(self, backend: BackendConfig, path: str, body: Mapping[str, Any]) -> bool | None:
+        """True: answered; False: refused with a 4xx; None: could not tell."""
         try:
-            async with asyncio.timeout(self._timeouts.discovery):
-                await self.post_json(backend, "/v1/embeddings", {"model": served, "input": "probe"})
+            async with asyncio.timeout(self._timeouts.discovery * 6):
+                await self.post_json(backend, path, body)
+        except BackendError as exc:
+            return False if 400 <= exc.status < 500 else None
         except (ProxyError, TimeoutError):
-            return False
+            return None
         return True
 
     async def _send(self, backend: BackendConfig, path: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -112,6 +131,14 @@ class Upstream:
             except aiohttp.ClientError as exc:
                 raise _unavailable(backend, exc) from None
         raise AssertionError("unreachable")
+
+
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "capability probe",
+                                                "parameters": {"type": "object", "properties": {}}}}  # fmt: skip
+# A 1x1 PNG: the smallest image a multimodal model accepts.
+_PROBE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 
 def _payload(data: bytes) -> bytes | io.BytesIO:

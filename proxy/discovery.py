@@ -51,6 +51,6 @@ class Discovery:
             return
         new = self._registry.update(backend.name, cards, time.time_ns())
         for served in new:
-            embedding = await self._upstream.is_embedding_model(backend, served)
-            self._registry.set_kind(backend.name, served, "embedding" if embedding else "completion")
-            log.info("model discovered", backend=backend.name, served=served, embedding=embedding)
+            capabilities = await self._upstream.probe_capabilities(backend, served)
+            self._registry.set_capabilities(backend.name, served, capabilities)
+            log.info("model discovered", backend=backend.name, served=served, capabilities=list(capabilities))

@@ -22,7 +22,7 @@ class BackendState:
     up: bool = False
     error: str = ""
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # served name → /v1/models card
-    kinds: dict[str, str] = field(default_factory=dict)  # served name → "embedding" | "completion"
+    capabilities: dict[str, tuple[str, ...]] = field(default_factory=dict)  # served name → probed
     seen_ns: dict[str, int] = field(default_factory=dict)  # served name → first seen (epoch ns)
 
 
@@ -49,8 +49,8 @@ class Registry:
         self._rebuild()
         return new
 
-    def set_kind(self, backend: str, served: str, kind: str) -> None:
-        self._states[backend].kinds[served] = kind
+    def set_capabilities(self, backend: str, served: str, capabilities: tuple[str, ...]) -> None:
+        self._states[backend].capabilities[served] = capabilities
         self._rebuild()
 
     def mark_down(self, backend: str, error: str) -> None:
@@ -86,8 +86,8 @@ class Registry:
     @staticmethod
     def _facts(state: BackendState, served: str, display: str, entry: ModelEntry | None) -> ModelFacts:
         card = state.cards.get(served, {})
-        kind = state.kinds.get(served, "completion")
-        caps = entry.capabilities if entry and entry.capabilities else (kind,)
+        probed = state.capabilities.get(served, ("completion",))
+        caps = entry.capabilities if entry and entry.capabilities else probed
         return ModelFacts(
             name=display,
             backend_url=state.config.url,
@@ -101,4 +101,5 @@ class Registry:
             size=entry.size if entry else 0,
             seen_ns=state.seen_ns.get(served, 0),
             options=dict(entry.options) if entry else {},
+            configured=bool(entry and entry.capabilities),
         )

@@ -19,7 +19,7 @@ from proxy.translate import embed as embed_t
 from proxy.translate import models as models_t
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
 from proxy.translate.common import keep_alive_seconds
-from proxy.translate.generate import GenerateStreamTranslator, to_openai_generate_request
+from proxy.translate.generate import GenerateStreamTranslator, to_openai_generate_request, to_openai_tokenize_request
 from proxy.translate.stream import StreamTranslator
 
 routes = web.RouteTableDef()
@@ -68,6 +68,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not messages:
         return _lifecycle(request, name, body, stream, {"message": {"role": "assistant", "content": ""}})
     _require_capability(route, name, "completion", "chat")
+    _check_features(route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
     translated = to_openai_chat_request(body, route.facts.served, route.facts.options)
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
     return await _generate(request, route, "/v1/chat/completions", translated.body, translated.dropped, translator, stream, "message")
@@ -86,10 +87,18 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not prompt and not body.get("suffix"):
         return _lifecycle(request, name, body, stream, {"response": ""})
     _require_capability(route, name, "completion", "generate")
+    _check_features(route, name, body, bool(body.get("images")))
     if body.get("suffix") and "insert" not in route.facts.capabilities:
         raise errors.BadRequest(f"{_full_name(name)} does not support insert")
-    path, translated = to_openai_generate_request(body, route.facts.served, route.facts.options, route.facts.max_model_len)
-    translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns)
+    context_ids = None
+    if body.get("context") and not body.get("raw"):
+        tokenized = await request.app[UPSTREAM].post_json(
+            route.backend, "/tokenize", to_openai_tokenize_request(body, route.facts.served), request[CONTEXT].request_id
+        )
+        context_ids = list(tokenized.get("tokens") or [])
+    facts = route.facts
+    path, translated = to_openai_generate_request(body, facts.served, facts.options, facts.max_model_len, context_ids)
+    translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=not body.get("raw"))
     return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
 
 
@@ -220,6 +229,18 @@ def _required(body: dict[str, Any], go_type: str) -> str:
 def _require_capability(route: Route, name: str, capability: str, action: str) -> None:
     if capability not in route.facts.capabilities:
         raise errors.BadRequest(f'"{name}" does not support {action}')
+
+
+def _check_features(route: Route, name: str, body: dict[str, Any], images: bool) -> None:
+    """Ollama's capability errors (ollama-api.md §1.3), for what the model cannot do."""
+    caps = route.facts.capabilities
+    if body.get("tools") and "tools" not in caps:
+        raise errors.BadRequest(f"{_full_name(name)} does not support tools")
+    if images and "vision" not in caps:
+        raise errors.BadRequest(f"{_full_name(name)} does not support vision")
+    if body.get("think") and route.facts.configured and "thinking" not in caps:
+        # Only configured capabilities are known: vLLM does not reveal a reasoning parser.
+        raise errors.BadRequest(f'"{name}" does not support thinking')
 
 
 def _full_name(name: str) -> str:

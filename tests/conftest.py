@@ -15,7 +15,9 @@ from tests.fakes.vllm import FakeVLLM, Model
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeVLLM]:
-    server = FakeVLLM({"tiny": Model(), "minilm": Model(kind="embedding", max_model_len=256)})
+    server = FakeVLLM(
+        {"tiny": Model(), "minilm": Model(kind="embedding", max_model_len=256), "llava": Model(vision=True, tools=False)}
+    )
     await server.start()
     yield server
     await server.stop()

@@ -9,6 +9,7 @@ from proxy.errors import BadRequest
 from proxy.translate.common import arguments_to_string, image_data_url
 from proxy.translate.request import (
     Translated,
+    logprob_fields,
     response_format,
     sampling,
     stream_fields,
@@ -17,7 +18,8 @@ from proxy.translate.request import (
 )
 from proxy.translate.stream import StreamTranslator
 
-_HANDLED = {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think"}
+_HANDLED = {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think", "logprobs",
+            "top_logprobs"}  # fmt: skip
 
 
 def to_openai_chat_request(request: Mapping[str, Any], served: str, defaults: Mapping[str, Any]) -> Translated:
@@ -34,6 +36,7 @@ def to_openai_chat_request(request: Mapping[str, Any], served: str, defaults: Ma
     if fmt:
         body["response_format"] = fmt
     body.update(think_fields(request.get("think")))
+    body.update(logprob_fields(request, chat=True))
     dropped += [f for f in request if f not in _HANDLED]
     return Translated(body, dropped)
 

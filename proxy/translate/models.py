@@ -30,6 +30,7 @@ class ModelFacts(NamedTuple):
     size: int
     seen_ns: int  # epoch ns the proxy first saw it
     options: dict[str, Any]
+    configured: bool = False  # capabilities came from config, not from probing
 
 
 def digest(facts: ModelFacts) -> str:

@@ -49,6 +49,19 @@ def think_fields(think: Any) -> dict[str, Any]:
     raise BadRequest(f'invalid think value: {_raw(think)} (must be "high", "medium", "low", "max", true, or false)')
 
 
+def logprob_fields(request: Any, chat: bool) -> dict[str, Any]:
+    """Ollama ``logprobs``/``top_logprobs`` → vLLM's: booleans plus a count on chat, one
+    count on completions (0 = the sampled token only)."""
+    top = request.get("top_logprobs") or 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    if not request.get("logprobs") and not top:
+        return {}
+    if chat:
+        return {"logprobs": True, "top_logprobs": top} if top else {"logprobs": True}
+    return {"logprobs": top}
+
+
 def stream_fields() -> dict[str, Any]:
     """Every upstream call streams, so the proxy measures time to first token; usage must
     be asked for explicitly (vllm-api.md §7, default off since vLLM 0.20)."""

@@ -32,6 +32,9 @@ class StreamTranslator:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     tool_calls: dict[int, _PartialCall] = field(default_factory=dict)
+    context: bool = False  # generate: return prompt + output token ids as `context`
+    prompt_ids: list[int] | None = None  # from vLLM's return_token_ids
+    output_ids: list[int] = field(default_factory=list)
 
     def feed(self, event: bytes, created_at: str, now_ns: int) -> list[dict[str, Any]]:
         try:
@@ -43,6 +46,8 @@ class StreamTranslator:
             raise BackendError(error)
         if data.get("usage"):
             self.usage = data["usage"]
+        if data.get("prompt_token_ids"):  # chat: on the first chunk
+            self.prompt_ids = data["prompt_token_ids"]
         out = []
         for choice in data.get("choices") or ():
             if self.first_ns is None:
@@ -54,8 +59,16 @@ class StreamTranslator:
                 self._add_tool_calls(delta["tool_calls"])
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
-            if text or thinking:
-                out.append(self.chunk(created_at, text, thinking))
+            if choice.get("prompt_token_ids"):  # completions: on the choice
+                self.prompt_ids = choice["prompt_token_ids"]
+            if choice.get("token_ids"):
+                self.output_ids += choice["token_ids"]
+            logprobs = to_ollama_logprobs(choice.get("logprobs"))
+            if text or thinking or logprobs:
+                chunk = self.chunk(created_at, text, thinking)
+                if logprobs:
+                    chunk["logprobs"] = logprobs
+                out.append(chunk)
         return out
 
     def finish(self, created_at: str, now_ns: int) -> dict[str, Any]:
@@ -65,6 +78,8 @@ class StreamTranslator:
             raise BackendError(f"the vLLM backend ended the request ({self.finish_reason})")
         final = self.final(created_at, self._complete_tool_calls())
         final["done_reason"] = to_ollama_done_reason(self.finish_reason)
+        if self.context and self.prompt_ids is not None:
+            final["context"] = self.prompt_ids + self.output_ids
         final.update(self._metrics(now_ns))
         return final
 
@@ -145,4 +160,43 @@ def fold(objects: list[dict[str, Any]], final: dict[str, Any], key: str) -> dict
     thinking = "".join(p.get("thinking", "") for p in parts) + holder.get("thinking", "")
     if thinking:
         holder["thinking"] = thinking
+    logprobs = [entry for o in objects for entry in o.get("logprobs", ())]
+    if logprobs:
+        final["logprobs"] = logprobs  # top level, not inside message (ollama-api.md §2.4)
     return final
+
+
+def to_ollama_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
+    """vLLM logprobs → Ollama's ``[{"token", "logprob", "bytes", "top_logprobs"}]``.
+
+    Chat sends ``{"content": [entries]}``; completions send parallel lists
+    ``tokens``/``token_logprobs``/``top_logprobs`` (a dict per token). vLLM lists the
+    sampled token first in ``top_logprobs``, not sorted (captured from 0.32.0): sort them.
+    """
+    if not logprobs:
+        return None
+    if "content" in logprobs:
+        entries = []
+        for item in logprobs["content"] or ():
+            entry = _entry(item["token"], item["logprob"], item.get("bytes"))
+            if item.get("top_logprobs") is not None:
+                top = [_entry(t["token"], t["logprob"], t.get("bytes")) for t in item["top_logprobs"]]
+                entry["top_logprobs"] = sorted(top, key=lambda t: -t["logprob"])
+            entries.append(entry)
+        return entries or None
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    entries = []
+    for token, value, top in zip(tokens, values, tops, strict=False):
+        entry = _entry(token, value, None)
+        if top:
+            entry["top_logprobs"] = sorted((_entry(t, v, None) for t, v in top.items()), key=lambda t: -t["logprob"])
+        entries.append(entry)
+    return entries or None
+
+
+def _entry(token: str, logprob: float | None, raw: list[int] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"token": token, "logprob": logprob if logprob is not None else -9999.0}
+    entry["bytes"] = raw if raw is not None else list(token.encode())
+    return entry

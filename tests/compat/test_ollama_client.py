@@ -96,7 +96,7 @@ def assert_final(final: Any, fake: FakeVLLM, done_reason: str = "stop", tokens: 
 async def test_list_parses_models(client: ollama.AsyncClient) -> None:
     listing = await client.list()
     by_name = {m.model: m for m in listing.models}
-    assert set(by_name) == {"tiny:latest", "minilm:latest"}
+    assert set(by_name) == {"tiny:latest", "minilm:latest", "llava:latest"}
     for model in listing.models:
         assert isinstance(model.modified_at, datetime)
         assert model.digest is not None and len(model.digest) == 64
@@ -136,7 +136,7 @@ async def test_show_embedding_model(client: ollama.AsyncClient) -> None:
 async def test_ps_lists_served_models_as_loaded(client: ollama.AsyncClient) -> None:
     running = await client.ps()
     by_name = {m.model: m for m in running.models}
-    assert set(by_name) == {"tiny:latest", "minilm:latest"}
+    assert set(by_name) == {"tiny:latest", "minilm:latest", "llava:latest"}
     assert by_name["tiny:latest"].name == "tiny:latest"
     assert by_name["tiny:latest"].context_length == 2048
     assert by_name["minilm:latest"].context_length == 256
@@ -571,7 +571,7 @@ async def test_two_parallel_tool_calls(client: ollama.AsyncClient, fake: FakeVLL
 
 async def test_chat_image_becomes_image_url_part(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
     message = {"role": "user", "content": "What is in this picture?", "images": [PNG]}
-    result = await client.chat(model="tiny", messages=[message])
+    result = await client.chat(model="llava", messages=[message])
     assert result.message.content == "Hello, world!"
     content = fake.last(CHAT)["messages"][0]["content"]
     assert isinstance(content, list)
@@ -581,8 +581,36 @@ async def test_chat_image_becomes_image_url_part(client: ollama.AsyncClient, fak
     assert images[0]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
 
 
+async def test_image_on_a_text_model_is_ollamas_vision_error(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.chat(model="tiny", messages=[{"role": "user", "content": "see", "images": [PNG]}])
+    assert info.value.status_code == 400
+    assert info.value.error == "registry.ollama.ai/library/tiny:latest does not support vision"
+
+
 async def test_generate_image_becomes_image_url_part(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
-    await client.generate(model="tiny", prompt="Describe", images=[PNG])
+    await client.generate(model="llava", prompt="Describe", images=[PNG])
     content = fake.last(CHAT)["messages"][-1]["content"]
     urls = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
     assert urls == ["data:image/png;base64," + base64.b64encode(PNG).decode()]
+
+
+async def test_generate_context_fed_back_continues_from_the_same_tokens(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    first = await client.generate(model="tiny", prompt="Once upon a time")
+    assert first.context, "a templated generate returns its prompt and output token ids"
+    second = await client.generate(model="tiny", prompt="and then?", context=first.context)
+    assert second.response == "Hello, world!"
+    tokenized = fake.last("/tokenize")
+    assert tokenized["messages"][-1] == {"role": "user", "content": "and then?"}
+    upstream = fake.last("/v1/completions")
+    assert upstream["prompt"][: len(first.context)] == list(first.context)
+    assert len(upstream["prompt"]) > len(first.context)
+    assert second.context[: len(upstream["prompt"])] == upstream["prompt"]
+
+
+async def test_logprobs_come_back_per_token(client: ollama.AsyncClient, fake: FakeVLLM) -> None:
+    result = await client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=2)
+    assert fake.last(CHAT)["logprobs"] is True and fake.last(CHAT)["top_logprobs"] == 2
+    assert result.logprobs is not None
+    assert [entry.token for entry in result.logprobs] == ["Hello", ",", " world", "!"]
+    assert all(entry.top_logprobs and len(entry.top_logprobs) == 2 for entry in result.logprobs)

@@ -33,6 +33,8 @@ class Model:
     kind: str = "chat"  # "chat" or "embedding"
     max_model_len: int = 2048
     root: str = ""
+    tools: bool = True  # started with --enable-auto-tool-choice --tool-call-parser
+    vision: bool = False  # a multimodal model
 
 
 class FakeVLLM:
@@ -60,6 +62,7 @@ class FakeVLLM:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/tokenize", self._tokenize)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -128,6 +131,14 @@ class FakeVLLM:
                 400,
                 "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.",
             )
+        model = self.models[body["model"]]
+        if body.get("tools") and not model.tools:
+            return self.error(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
+        if not model.vision and any(
+            isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+            for m in body.get("messages", [])
+        ):
+            return self.error(400, f"{body['model']} is not a multimodal model")
         return await self._generate(request, body, chat=True)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -148,6 +159,15 @@ class FakeVLLM:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}
         return web.json_response({"id": "embd-1", "object": "list", "created": 1, "model": body["model"], "data": data,
                                   "usage": usage})  # fmt: skip
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append((request.path, body))
+        if body.get("model") not in self.models:
+            return self.error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model")
+        ids = token_ids(_prompt_text(body)) + ([9] if body.get("add_generation_prompt") else [])
+        return web.json_response({"count": len(ids), "max_model_len": self.models[body["model"]].max_model_len,
+                                  "tokens": ids, "token_strs": None})  # fmt: skip
 
     async def _generate(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
         reply = self.reply
@@ -195,8 +215,20 @@ class FakeVLLM:
     def _events(self, body: dict[str, Any], chat: bool, tokens: list[str], finish: str) -> list[dict[str, Any]]:
         env = _envelope(body, chat)
         reply = self.reply
+        ids = body.get("return_token_ids")
+        want_lp = body.get("logprobs")
         if not chat:
-            events = [{**env, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": None}]} for t in tokens]
+            events = []
+            for n, t in enumerate(tokens):
+                choice: dict[str, Any] = {"index": 0, "text": t, "logprobs": None, "finish_reason": None}
+                if ids:
+                    choice["token_ids"] = token_ids(t)
+                    if n == 0:
+                        choice["prompt_token_ids"] = _prompt_ids(body)
+                if want_lp is not None and want_lp is not False:
+                    choice["logprobs"] = {"tokens": [t], "token_logprobs": [-0.5], "top_logprobs": [{t: -0.5}],
+                                          "text_offset": [0]}  # fmt: skip
+                events.append({**env, "choices": [choice]})
             last = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish, "stop_reason": None}
             return [*events, {**env, "choices": [last]}]
 
@@ -207,8 +239,18 @@ class FakeVLLM:
             return {**env, "choices": [choice]}
 
         events = [chunk({"role": "assistant", "content": ""})]
+        if ids:
+            events[0]["prompt_token_ids"] = _prompt_ids(body)
         events += [chunk({reply.reasoning_field: t}) for t in reply.reasoning]
-        events += [chunk({"content": t}) for t in tokens]
+        for t in tokens:
+            event = chunk({"content": t})
+            if ids:
+                event["choices"][0]["token_ids"] = token_ids(t)
+            if want_lp:
+                entry = {"token": t, "logprob": -0.5, "bytes": list(t.encode())}
+                top = [entry, {"token": "?", "logprob": -0.25, "bytes": [63]}][: body.get("top_logprobs") or 0]
+                event["choices"][0]["logprobs"] = {"content": [{**entry, "top_logprobs": top}]}
+            events.append(event)
         for index, call in enumerate(reply.tool_calls):
             head = {"index": index, "id": f"chatcmpl-tool-{index}", "type": "function",
                     "function": {"name": call["name"], "arguments": ""}}  # fmt: skip
@@ -239,12 +281,32 @@ def fake_vector(text: str, dims: int = 8) -> list[float]:
     return [(b - 128) / 16.0 for b in digest[:dims]]
 
 
+def token_ids(text: str) -> list[int]:
+    """Deterministic fake token ids: one per whitespace-separated word."""
+    return [100 + sum(word.encode()) % 900 for word in text.split()] or [1]
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return " ".join(f"<{m.get('role')}> {m.get('content', '')}" for m in body["messages"])
+    return str(body.get("prompt", ""))
+
+
+def _prompt_ids(body: dict[str, Any]) -> list[int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return prompt
+    return token_ids(_prompt_text(body)) + ([9] if "messages" in body else [])
+
+
 def _envelope(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     kind = "chat.completion.chunk" if chat else "text_completion"
     return {"id": "chatcmpl-fake" if chat else "cmpl-fake", "object": kind, "created": 1700000000, "model": body["model"]}
 
 
 def _count_prompt(body: dict[str, Any]) -> int:
+    if isinstance(body.get("prompt"), list):
+        return len(body["prompt"])
     if "messages" in body:
         text = " ".join(str(m.get("content", "")) for m in body["messages"])
     else:

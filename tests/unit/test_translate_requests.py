@@ -110,9 +110,15 @@ def test_chat_request_errors(request_: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("request_", "path", "expected"),
     [
-        pytest.param({"prompt": "hi"}, "/v1/chat/completions", {"messages": USER}, id="prompt → one user message"),
+        pytest.param({"prompt": "hi"}, "/v1/chat/completions", {"messages": USER, "return_token_ids": True},
+                     id="prompt → one user message, token ids asked for context"),  # fmt: skip
         pytest.param({"prompt": "hi", "system": "be brief"}, "/v1/chat/completions",
-                     {"messages": [{"role": "system", "content": "be brief"}, *USER]}, id="system → system message"),  # fmt: skip
+                     {"messages": [{"role": "system", "content": "be brief"}, *USER], "return_token_ids": True},
+                     id="system → system message"),  # fmt: skip
+        pytest.param({"prompt": "hi", "logprobs": True, "top_logprobs": 2}, "/v1/chat/completions",
+                     {"messages": USER, "return_token_ids": True, "logprobs": True, "top_logprobs": 2}, id="logprobs"),  # fmt: skip
+        pytest.param({"prompt": "x", "raw": True, "logprobs": True}, "/v1/completions",
+                     {"prompt": "x", "max_tokens": 1024, "logprobs": 0}, id="raw logprobs is a count"),  # fmt: skip
         pytest.param({"prompt": "def f(", "raw": True}, "/v1/completions", {"prompt": "def f(", "max_tokens": 1024},
                      id="raw → completions with max_tokens from the context"),  # fmt: skip
         pytest.param({"prompt": "x", "raw": True, "options": {"num_predict": 3}}, "/v1/completions",
@@ -130,10 +136,40 @@ def test_generate_request(request_: dict[str, Any], path: str, expected: dict[st
     [
         pytest.param({"raw": True, "system": "s"}, "raw mode does not support template, system, or context", id="raw+system"),
         pytest.param({"template": "{{ .Prompt }}"}, "template overrides are not supported", id="template"),
-        pytest.param({"context": [1, 2]}, "context is not supported", id="context"),
+        pytest.param({"raw": True, "context": [1, 2]}, "raw mode does not support template, system, or context", id="raw+context"),
+        pytest.param({"context": ["a"]}, "cannot unmarshal", id="context not token ids"),
+        pytest.param({"top_logprobs": 21}, "top_logprobs must be between 0 and 20", id="top_logprobs over 20"),
         pytest.param({"prompt": 5}, "cannot unmarshal", id="prompt not a string"),
     ],
 )
 def test_generate_request_errors(request_: dict[str, Any], message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         to_openai_generate_request({"model": "tiny", "prompt": "p", **request_}, "tiny", {}, 1024)
+
+
+def test_generate_with_context_continues_from_token_ids() -> None:
+    path, translated = to_openai_generate_request({"prompt": "more", "context": [5, 6, 7]}, "tiny", {}, 1024, [8, 9])
+    assert path == "/v1/completions"
+    assert translated.body == {"model": "tiny", **STREAM, "prompt": [5, 6, 7, 8, 9], "max_tokens": 1019, "return_token_ids": True}
+
+
+def test_tokenize_request_renders_the_new_turn() -> None:
+    from proxy.translate.generate import to_openai_tokenize_request
+
+    body = to_openai_tokenize_request({"prompt": "more", "system": "s"}, "tiny")
+    assert body == {"model": "tiny", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "more"}],
+                    "add_generation_prompt": True}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param({"logprobs": True}, {"logprobs": True}, id="logprobs only"),
+        pytest.param({"logprobs": True, "top_logprobs": 3}, {"logprobs": True, "top_logprobs": 3}, id="with top"),
+        pytest.param({"top_logprobs": 3}, {"logprobs": True, "top_logprobs": 3}, id="top alone implies logprobs"),
+        pytest.param({"logprobs": False}, {}, id="off"),
+    ],
+)
+def test_chat_logprobs(fields: dict[str, Any], expected: dict[str, Any]) -> None:
+    body = to_openai_chat_request({"messages": USER, **fields}, "tiny", {}).body
+    assert {k: body[k] for k in ("logprobs", "top_logprobs") if k in body} == expected
