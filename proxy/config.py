@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy import names
+from proxy.translate.fim import TEMPLATES as FIM_TEMPLATES
 
 DEFAULT_LISTEN = "127.0.0.1:11434"
 # Reported by GET /api/version. Clients gate features on it (VS Code needs >= 0.6.4,
@@ -53,6 +54,7 @@ class ModelEntry:
     size: int = 0  # bytes, reported by /api/tags and /api/ps
     capabilities: tuple[str, ...] | None = None  # None: detect
     options: dict[str, Any] = field(default_factory=dict)  # defaults under request options
+    fim: str | None = None  # fill-in-the-middle prompt family for generate `suffix`
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def _backend(data: Any, where: str) -> BackendConfig:
 
 
 _MODEL_KEYS = {"name", "backend", "served", "family", "parameter_size", "quantization_level",
-               "size", "capabilities", "options"}  # fmt: skip
+               "size", "capabilities", "options", "fim"}  # fmt: skip
 
 
 def _model(data: Any, where: str) -> ModelEntry:
@@ -238,6 +240,7 @@ def _model(data: Any, where: str) -> ModelEntry:
         size=size,
         capabilities=caps,
         options=dict(options),
+        fim=_choice(data["fim"], f"{where}.fim", tuple(FIM_TEMPLATES)) if "fim" in data else None,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from proxy import names
 from proxy.config import BackendConfig, Config, ModelEntry
+from proxy.translate import fim
 from proxy.translate.models import ModelFacts
 
 
@@ -88,11 +89,15 @@ class Registry:
         card = state.cards.get(served, {})
         probed = state.capabilities.get(served, ("completion",))
         caps = entry.capabilities if entry and entry.capabilities else probed
+        root = str(card.get("root") or served)
+        fim_family = (entry.fim if entry else None) or fim.recognise(served, root)
+        if fim_family and "completion" in caps and "insert" not in caps:
+            caps = (*caps, "insert")
         return ModelFacts(
             name=display,
             backend_url=state.config.url,
             served=served,
-            root=str(card.get("root") or served),
+            root=root,
             max_model_len=card.get("max_model_len"),
             capabilities=caps,
             family=entry.family if entry else None,
@@ -102,4 +107,5 @@ class Registry:
             seen_ns=state.seen_ns.get(served, 0),
             options=dict(entry.options) if entry else {},
             configured=bool(entry and entry.capabilities),
+            fim=fim_family if "insert" in caps else None,
         )

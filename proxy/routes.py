@@ -97,8 +97,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
         )
         context_ids = list(tokenized.get("tokens") or [])
     facts = route.facts
-    path, translated = to_openai_generate_request(body, facts.served, facts.options, facts.max_model_len, context_ids)
-    translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=not body.get("raw"))
+    path, translated = to_openai_generate_request(
+        body, facts.served, facts.options, facts.max_model_len, context_ids, facts.fim
+    )
+    translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=path == "/v1/chat/completions" or bool(context_ids))
     return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
 
 

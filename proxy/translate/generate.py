@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.errors import BadRequest
+from proxy.translate import fim
 from proxy.translate.chat import to_openai_messages
 from proxy.translate.request import (
     Translated,
@@ -27,6 +28,7 @@ def to_openai_generate_request(
     defaults: Mapping[str, Any],
     max_model_len: int | None,
     context_ids: list[int] | None = None,
+    fim_family: str | None = None,
 ) -> tuple[str, Translated]:
     """The vLLM path and body for a generate request.
 
@@ -45,7 +47,12 @@ def to_openai_generate_request(
         raise BadRequest("template overrides are not supported: vLLM renders the model's own chat template")
     raw = bool(request.get("raw"))
     _context(request)
-    if raw and (request.get("system") or request.get("context")):
+    suffix = request.get("suffix") or ""
+    if suffix:
+        if not isinstance(suffix, str) or fim_family is None:
+            raise BadRequest("suffix needs a fill-in-the-middle model")
+        prompt, raw = fim.to_fim_prompt(fim_family, prompt, suffix), True
+    if request.get("raw") and (request.get("system") or request.get("context")):
         raise BadRequest("raw mode does not support template, system, or context")
     params, dropped = sampling(request.get("options"), defaults)
     dropped += [f for f in request if f not in _HANDLED]

@@ -31,6 +31,7 @@ class ModelFacts(NamedTuple):
     seen_ns: int  # epoch ns the proxy first saw it
     options: dict[str, Any]
     configured: bool = False  # capabilities came from config, not from probing
+    fim: str | None = None  # fill-in-the-middle family (translate/fim.py)
 
 
 def digest(facts: ModelFacts) -> str:

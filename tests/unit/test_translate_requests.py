@@ -173,3 +173,37 @@ def test_tokenize_request_renders_the_new_turn() -> None:
 def test_chat_logprobs(fields: dict[str, Any], expected: dict[str, Any]) -> None:
     body = to_openai_chat_request({"messages": USER, **fields}, "tiny", {}).body
     assert {k: body[k] for k in ("logprobs", "top_logprobs") if k in body} == expected
+
+
+@pytest.mark.parametrize(
+    ("family", "prompt"),
+    [
+        pytest.param("qwen", "<|fim_prefix|>def f(<|fim_suffix|>)\n<|fim_middle|>", id="qwen coder"),
+        pytest.param("starcoder", "<fim_prefix>def f(<fim_suffix>)\n<fim_middle>", id="starcoder"),
+        pytest.param("codellama", "<PRE> def f( <SUF>)\n <MID>", id="code llama"),
+        pytest.param("codestral", "[SUFFIX])\n[PREFIX]def f(", id="codestral suffix first"),
+    ],
+)
+def test_suffix_builds_the_familys_fim_prompt(family: str, prompt: str) -> None:
+    path, translated = to_openai_generate_request({"prompt": "def f(", "suffix": ")\n"}, "coder", {}, 1024, None, family)
+    assert path == "/v1/completions"
+    assert translated.body["prompt"] == prompt and "return_token_ids" not in translated.body
+
+
+def test_suffix_without_a_fim_family_is_refused() -> None:
+    with pytest.raises(BadRequest, match="fill-in-the-middle"):
+        to_openai_generate_request({"prompt": "a", "suffix": "b"}, "tiny", {}, 1024)
+
+
+@pytest.mark.parametrize(
+    ("names", "family"),
+    [
+        pytest.param(("Qwen/Qwen2.5-Coder-7B",), "qwen", id="qwen coder"),
+        pytest.param(("coder", "/models/bigcode/starcoder2-3b"), "starcoder", id="from the model path"),
+        pytest.param(("tiny",), None, id="not a FIM model"),
+    ],
+)
+def test_fim_family_is_recognised_from_names(names: tuple[str, ...], family: str | None) -> None:
+    from proxy.translate.fim import recognise
+
+    assert recognise(*names) == family

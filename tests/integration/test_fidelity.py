@@ -1,0 +1,70 @@
+"""Issue-3 features over real sockets: fill-in-the-middle, configured capabilities."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.app import create_app
+from proxy.config import from_mapping
+from tests.fakes.vllm import FakeVLLM, Model
+
+
+@pytest.fixture
+async def coder() -> AsyncIterator[FakeVLLM]:
+    server = FakeVLLM({"Qwen/Qwen2.5-Coder-1.5B": Model(), "plain": Model()})
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def proxy(aiohttp_client: Any, backend: FakeVLLM, **extra: Any) -> Any:
+    config = from_mapping({"backends": [{"url": backend.url, "name": "b"}], **extra})
+    return await aiohttp_client(create_app(config))
+
+
+async def test_suffix_on_a_recognised_coder_model_is_a_fim_completion(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    client = await proxy(aiohttp_client, coder)
+    shown = await (await client.post("/api/show", json={"model": "qwen/qwen2.5-coder-1.5b"})).json()
+    assert "insert" in shown["capabilities"]
+    reply = await client.post("/api/generate", json={"model": "qwen/qwen2.5-coder-1.5b", "prompt": "def add(a, b):\n",
+                                                     "suffix": "\n    return c\n", "stream": False})  # fmt: skip
+    assert reply.status == 200
+    body = await reply.json()
+    assert body["response"] == "Hello, world!" and body["done_reason"] == "stop"
+    sent = coder.last("/v1/completions")
+    assert sent["prompt"] == "<|fim_prefix|>def add(a, b):\n<|fim_suffix|>\n    return c\n<|fim_middle|>"
+
+
+async def test_suffix_on_a_model_without_insert_is_ollamas_error(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    client = await proxy(aiohttp_client, coder)
+    reply = await client.post("/api/generate", json={"model": "plain", "prompt": "a", "suffix": "b"})
+    assert reply.status == 400
+    assert await reply.json() == {"error": "registry.ollama.ai/library/plain:latest does not support insert"}
+
+
+async def test_configured_fim_and_capabilities(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    models = [{"name": "mycoder:7b", "backend": "b", "served": "plain", "fim": "starcoder",
+               "capabilities": ["completion", "thinking"]}]  # fmt: skip
+    client = await proxy(aiohttp_client, coder, models=models)
+    shown = await (await client.post("/api/show", json={"model": "mycoder:7b"})).json()
+    assert shown["capabilities"] == ["completion", "thinking", "insert"]
+    reply = await client.post("/api/generate", json={"model": "mycoder:7b", "prompt": "x", "suffix": "y", "stream": False})
+    assert reply.status == 200
+    assert coder.last("/v1/completions")["prompt"] == "<fim_prefix>x<fim_suffix>y<fim_middle>"
+    # Configured capabilities are authoritative: no tools listed, so tools are refused.
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    refused = await client.post("/api/chat", json={"model": "mycoder:7b", "messages": [{"role": "user", "content": "x"}],
+                                                   "tools": tools})  # fmt: skip
+    assert refused.status == 400
+    assert await refused.json() == {"error": "registry.ollama.ai/library/mycoder:7b does not support tools"}
+
+
+async def test_think_on_a_model_configured_without_thinking(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    models = [{"name": "nothink", "backend": "b", "served": "plain", "capabilities": ["completion"]}]
+    client = await proxy(aiohttp_client, coder, models=models)
+    reply = await client.post("/api/chat", json={"model": "nothink", "messages": [{"role": "user", "content": "x"}], "think": True})
+    assert reply.status == 400
+    assert await reply.json() == {"error": '"nothink" does not support thinking'}
