@@ -14,7 +14,8 @@ from proxy.config import Config
 from proxy.discovery import Discovery
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
-from proxy.state import CLOCK, CONFIG, DISCOVERY, REGISTRY, UPSTREAM
+from proxy.keepalive import KeepAlive
+from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, REGISTRY, UPSTREAM
 from proxy.clock import Clock
 
 # Ollama takes large bodies (base64 images, long contexts); aiohttp's default is 1 MiB.
@@ -38,9 +39,11 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = Upstream(session, config.timeouts)
     app[DISCOVERY] = discovery = Discovery(app[REGISTRY], app[UPSTREAM], config.refresh_interval)
     await discovery.refresh()  # serve the first /api/tags with models already listed
-    task = asyncio.create_task(discovery.run())
+    app[KEEPALIVE] = keepalive = KeepAlive(app[UPSTREAM], config.backends, config.keep_alive)
+    tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run())]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await session.close()

@@ -69,11 +69,40 @@ class Upstream:
         except orjson.JSONDecodeError:
             raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON", 502) from None
 
-    async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+    async def get_json(self, backend: BackendConfig, path: str) -> Any:
         try:
             async with asyncio.timeout(self._timeouts.discovery):
-                async with self._session.get(f"{backend.url}/v1/models", headers=headers) as response:
+                async with self._session.get(f"{backend.url}{path}", headers=_auth(backend)) as response:
+                    raw = await response.read()
+        except TimeoutError:
+            raise BackendTimeout(f"vLLM backend {backend.name} ({backend.url}) did not answer {path} in time") from None
+        except aiohttp.ClientError as exc:
+            raise _unavailable(backend, exc) from None
+        if response.status >= 400:
+            raise parse_backend_error(response.status, raw, backend.name)
+        try:
+            return orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON on {path}", 502) from None
+
+    async def busy(self, backend: BackendConfig) -> bool:
+        """Whether vLLM has requests running or waiting (its /metrics gauges)."""
+        try:
+            async with asyncio.timeout(self._timeouts.discovery):
+                async with self._session.get(f"{backend.url}/metrics") as response:
+                    text = (await response.read()).decode("utf-8", "replace")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _unavailable(backend, exc) from None
+        for line in text.splitlines():
+            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                if float(line.rsplit(" ", 1)[1]) > 0:
+                    return True
+        return False
+
+    async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
+        try:
+            async with asyncio.timeout(self._timeouts.discovery):
+                async with self._session.get(f"{backend.url}/v1/models", headers=_auth(backend)) as response:
                     raw = await response.read()
         except TimeoutError:
             raise BackendTimeout(f"vLLM backend {backend.name} ({backend.url}) did not list its models in time") from None
@@ -139,6 +168,10 @@ _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": 
 _PROBE_IMAGE = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
+
+
+def _auth(backend: BackendConfig) -> dict[str, str]:
+    return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
 
 
 def _payload(data: bytes) -> bytes | io.BytesIO:

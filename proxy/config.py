@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy import names
+from proxy.errors import BadRequest
+from proxy.translate.common import keep_alive_seconds
 from proxy.translate.fim import TEMPLATES as FIM_TEMPLATES
 
 DEFAULT_LISTEN = "127.0.0.1:11434"
@@ -41,6 +43,8 @@ class BackendConfig:
     name: str  # label used in logs, errors and model entries
     api_key: str | None = None  # sent as "Authorization: Bearer ..." to the backend
     discover: bool = True  # list the backend's /v1/models as Ollama models
+    sleep_mode: bool = False  # vLLM runs with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
+    sleep_level: int = 1  # 1: weights to CPU RAM (fast wake); 2: weights discarded
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Config:
     refresh_interval: float = 10.0  # seconds between model discoveries
     workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     max_inflight: int = 512  # per worker: generation requests in flight before 503 (Ollama's queue size)
+    keep_alive: float = 300.0  # seconds a sleep-mode backend stays awake after its last request
     timeouts: Timeouts = Timeouts()
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelEntry, ...] = ()
@@ -139,7 +144,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
-        "max_inflight", "timeouts", "backends", "models"}  # fmt: skip
+        "max_inflight", "keep_alive", "timeouts", "backends", "models"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -162,6 +167,11 @@ def _config(data: Any, source: str) -> Config:
         kw["workers"] = _count(data["workers"], "workers", minimum=0)
     if "max_inflight" in data:
         kw["max_inflight"] = _count(data["max_inflight"], "max_inflight", minimum=1)
+    if "keep_alive" in data:
+        try:
+            kw["keep_alive"] = keep_alive_seconds(data["keep_alive"])
+        except BadRequest as exc:
+            raise ConfigError(f"keep_alive: {exc.message}") from None
     if "timeouts" in data:
         kw["timeouts"] = _timeouts(data["timeouts"])
     backends = [_backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]
@@ -183,7 +193,7 @@ def _timeouts(data: Any) -> Timeouts:
 def _backend(data: Any, where: str) -> BackendConfig:
     if isinstance(data, str):
         data = {"url": data}
-    _require_mapping(data, where, {"url", "name", "api_key", "api_key_env", "discover"})
+    _require_mapping(data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level"})
     if "url" not in data:
         raise ConfigError(f"{where}.url: missing")
     url = _str(data["url"], f"{where}.url").rstrip("/")
@@ -207,6 +217,8 @@ def _backend(data: Any, where: str) -> BackendConfig:
         name=_str(data.get("name", parts.netloc), f"{where}.name"),
         api_key=api_key,
         discover=_bool(data.get("discover", True), f"{where}.discover"),
+        sleep_mode=_bool(data.get("sleep_mode", False), f"{where}.sleep_mode"),
+        sleep_level=_choice(data.get("sleep_level", 1), f"{where}.sleep_level", (1, 2)),
     )
 
 
@@ -294,7 +306,7 @@ def _count(value: Any, key: str, minimum: int) -> int:
     return value
 
 
-def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    return str(value)
+def _choice(value: Any, key: str, allowed: tuple[Any, ...]) -> Any:
+    if value not in allowed or isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    return value

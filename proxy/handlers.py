@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -9,7 +11,8 @@ from aiohttp import web
 
 from proxy import errors
 from proxy.registry import Route
-from proxy.state import CONTEXT, DISCOVERY, REGISTRY
+from proxy.state import CONTEXT, DISCOVERY, KEEPALIVE, REGISTRY
+from proxy.translate.common import keep_alive_seconds
 
 
 async def read_json(request: web.Request, go_type: str) -> dict[str, Any]:
@@ -66,3 +69,16 @@ def model_name(body: dict[str, Any], go_type: str) -> str:
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
+
+
+@contextlib.asynccontextmanager
+async def loaded(request: web.Request, route: Route, keep_alive: Any) -> AsyncIterator[None]:
+    """Around a request that needs the model: wake a sleeping backend first, and restart
+    its keep-alive timer when the request ends (proxy/keepalive.py)."""
+    seconds = keep_alive_seconds(keep_alive)
+    keepalive = request.app[KEEPALIVE]
+    try:
+        await keepalive.begin(route.backend)
+        yield
+    finally:
+        keepalive.end(route.backend, seconds)

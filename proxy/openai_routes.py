@@ -5,13 +5,15 @@ mapped both ways and SSE streamed through event by event."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from proxy import errors
-from proxy.handlers import read_json, resolve
+from proxy.handlers import loaded, read_json, resolve
+from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
 from proxy.state import CONTEXT, REGISTRY, UPSTREAM
 from proxy.streaming import json_response
@@ -42,6 +44,11 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     request[CONTEXT].log["model"] = name
     route = await resolve(request, name, "openai")
     body["model"] = route.facts.served
+    async with loaded(request, route, None):
+        return await _forward(request, route, name, body)
+
+
+async def _forward(request: web.Request, route: Route, name: str, body: dict[str, Any]) -> web.StreamResponse:
     upstream = await request.app[UPSTREAM].post(route.backend, request.path, body, request[CONTEXT].request_id)
     rename = _Rename(route.facts.served, name)
     if body.get("stream") is not True:

@@ -66,8 +66,8 @@ class Registry:
     def models(self) -> list[ModelFacts]:
         return [r.facts for r in self._routes.values()]
 
-    def running(self) -> list[ModelFacts]:
-        return [r.facts for r in self._routes.values() if self._states[r.backend.name].up]
+    def running_routes(self) -> list[Route]:
+        return [r for r in self._routes.values() if self._states[r.backend.name].up]
 
     def _rebuild(self) -> None:
         routes: dict[str, Route] = {}

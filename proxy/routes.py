@@ -11,9 +11,9 @@ import structlog
 from aiohttp import web
 
 from proxy import errors, names
-from proxy.handlers import field, model_name, read_json, resolve, stream_flag
+from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.registry import Route
-from proxy.state import CLOCK, CONFIG, CONTEXT, REGISTRY, UPSTREAM
+from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, REGISTRY, UPSTREAM
 from proxy.streaming import json_response, relay_ollama, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import models as models_t
@@ -43,10 +43,18 @@ async def tags(request: web.Request) -> web.Response:
 
 @routes.get("/api/ps")
 async def ps(request: web.Request) -> web.Response:
-    # vLLM keeps its model loaded until the server stops: report it as loaded forever,
-    # as Ollama does for keep_alive < 0 (about 292 years ahead).
-    forever = datetime.now(timezone.utc) + timedelta(days=365 * 292)
-    return json_response(models_t.to_ollama_ps(request.app[REGISTRY].running(), forever.isoformat()))
+    # Without sleep mode vLLM keeps its model loaded until the server stops: reported as
+    # loaded forever, as Ollama does for keep_alive < 0 (about 292 years ahead).
+    keepalive = request.app[KEEPALIVE]
+    now = datetime.now(timezone.utc)
+    loaded_models = []
+    for route in request.app[REGISTRY].running_routes():
+        if keepalive.is_asleep(route.backend):
+            continue
+        remaining = keepalive.expires_at(route.backend)
+        expires = now + (timedelta(days=365 * 292) if remaining is None else timedelta(seconds=remaining))
+        loaded_models.append((route.facts, expires.isoformat()))
+    return json_response(models_t.to_ollama_ps(loaded_models))
 
 
 @routes.post("/api/show")
@@ -66,12 +74,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     keep_alive_seconds(body.get("keep_alive"))
     route = await resolve(request, name, "chat")
     if not messages:
-        return _lifecycle(request, name, body, stream, {"message": {"role": "assistant", "content": ""}})
+        return await _lifecycle(request, route, name, body, stream, {"message": {"role": "assistant", "content": ""}})
     _require_capability(route, name, "completion", "chat")
     _check_features(route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
     translated = to_openai_chat_request(body, route.facts.served, route.facts.options)
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
-    return await _generate(request, route, "/v1/chat/completions", translated.body, translated.dropped, translator, stream, "message")
+    async with loaded(request, route, body.get("keep_alive")):
+        return await _generate(request, route, "/v1/chat/completions", translated.body, translated.dropped, translator, stream, "message")
 
 
 @routes.post("/api/generate")
@@ -85,23 +94,24 @@ async def generate(request: web.Request) -> web.StreamResponse:
     keep_alive_seconds(body.get("keep_alive"))
     route = await resolve(request, name, "generate")
     if not prompt and not body.get("suffix"):
-        return _lifecycle(request, name, body, stream, {"response": ""})
+        return await _lifecycle(request, route, name, body, stream, {"response": ""})
     _require_capability(route, name, "completion", "generate")
     _check_features(route, name, body, bool(body.get("images")))
     if body.get("suffix") and "insert" not in route.facts.capabilities:
         raise errors.BadRequest(f"{_full_name(name)} does not support insert")
-    context_ids = None
-    if body.get("context") and not body.get("raw"):
-        tokenized = await request.app[UPSTREAM].post_json(
-            route.backend, "/tokenize", to_openai_tokenize_request(body, route.facts.served), request[CONTEXT].request_id
+    async with loaded(request, route, body.get("keep_alive")):
+        context_ids = None
+        if body.get("context") and not body.get("raw"):
+            tokenize = to_openai_tokenize_request(body, route.facts.served)
+            tokenized = await request.app[UPSTREAM].post_json(route.backend, "/tokenize", tokenize, request[CONTEXT].request_id)
+            context_ids = list(tokenized.get("tokens") or [])
+        facts = route.facts
+        path, translated = to_openai_generate_request(
+            body, facts.served, facts.options, facts.max_model_len, context_ids, facts.fim
         )
-        context_ids = list(tokenized.get("tokens") or [])
-    facts = route.facts
-    path, translated = to_openai_generate_request(
-        body, facts.served, facts.options, facts.max_model_len, context_ids, facts.fim
-    )
-    translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=path == "/v1/chat/completions" or bool(context_ids))
-    return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
+        with_context = path == "/v1/chat/completions" or bool(context_ids)
+        translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=with_context)
+        return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
 
 
 @routes.post("/api/embed")
@@ -116,7 +126,8 @@ async def embed(request: web.Request) -> web.Response:
     result: dict[str, Any] = {"model": name, "embeddings": []}
     if inputs:
         upstream_body = embed_t.to_openai_embed_request(inputs, route.facts.served, truncate is not False)
-        response = await _call_embeddings(request, route, upstream_body, truncate is False)
+        async with loaded(request, route, body.get("keep_alive")):
+            response = await _call_embeddings(request, route, upstream_body, truncate is False)
         raw = embed_t.vectors(response, len(inputs))
         result["embeddings"] = embed_t.to_ollama_embeddings(raw, dimensions)
         count = embed_t.prompt_tokens(response)
@@ -139,7 +150,8 @@ async def embeddings(request: web.Request) -> web.Response:
     if not prompt:
         return json_response({"embedding": []})
     upstream_body = embed_t.to_openai_embed_request([prompt], route.facts.served, truncate=True)
-    response = await _call_embeddings(request, route, upstream_body, strict=False)
+    async with loaded(request, route, body.get("keep_alive")):
+        response = await _call_embeddings(request, route, upstream_body, strict=False)
     # The legacy endpoint returns the model's raw vector, not re-normalised (§2.6).
     return json_response({"embedding": embed_t.vectors(response, 1)[0]})
 
@@ -212,11 +224,21 @@ async def _call_embeddings(request: web.Request, route: Route, body: dict[str, A
         raise
 
 
-def _lifecycle(request: web.Request, name: str, body: dict[str, Any], stream: bool, empty: dict[str, Any]) -> web.Response:
+async def _lifecycle(
+    request: web.Request, route: Route, name: str, body: dict[str, Any], stream: bool, empty: dict[str, Any]
+) -> web.Response:
     """Empty prompt/messages: Ollama's load (or, with keep_alive 0, unload) answer, one
-    object even when streaming. vLLM keeps its model loaded, so nothing is sent upstream."""
+    object even when streaming. A sleep-mode backend is woken or put to sleep; any other
+    vLLM keeps its model loaded, so nothing is sent upstream."""
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     reason = "unload" if keep_alive == 0 else "load"
+    keepalive = request.app[KEEPALIVE]
+    if keepalive.manages(route.backend):
+        if reason == "unload":
+            await keepalive.unload(route.backend)
+        else:
+            async with loaded(request, route, body.get("keep_alive")):
+                pass
     created = request.app[CLOCK].created_at()
     return single_object({"model": name, "created_at": created, **empty, "done": True, "done_reason": reason}, stream)
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from proxy.backend import Upstream
 from proxy.config import Config
 from proxy.discovery import Discovery
+from proxy.keepalive import KeepAlive
 from proxy.registry import Registry
 from proxy.clock import Clock
 
@@ -18,6 +19,7 @@ REGISTRY = web.AppKey("registry", Registry)
 UPSTREAM = web.AppKey("upstream", Upstream)
 DISCOVERY = web.AppKey("discovery", Discovery)
 CLOCK = web.AppKey("clock", Clock)
+KEEPALIVE = web.AppKey("keepalive", KeepAlive)
 
 
 @dataclass

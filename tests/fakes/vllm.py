@@ -51,6 +51,8 @@ class FakeVLLM:
         self.active = 0  # streams in progress
         self.peak_active = 0
         self.stall_started = asyncio.Event()
+        self.sleeping = False
+        self.sleep_calls: list[str] = []  # "sleep?level=N" / "wake_up", in order
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -63,6 +65,11 @@ class FakeVLLM:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
+        # Sleep mode (--enable-sleep-mode + VLLM_SERVER_DEV_MODE=1; vllm-api.md §13).
+        app.router.add_post("/sleep", self._sleep)
+        app.router.add_post("/wake_up", self._wake_up)
+        app.router.add_get("/is_sleeping", self._is_sleeping)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -160,6 +167,24 @@ class FakeVLLM:
         return web.json_response({"id": "embd-1", "object": "list", "created": 1, "model": body["model"], "data": data,
                                   "usage": usage})  # fmt: skip
 
+    async def _sleep(self, request: web.Request) -> web.Response:
+        self.sleeping = True
+        self.sleep_calls.append(f"sleep?level={request.query.get('level', '1')}")
+        return web.json_response({"status": "sleeping", "level": int(request.query.get("level", "1"))})
+
+    async def _wake_up(self, _: web.Request) -> web.Response:
+        self.sleeping = False
+        self.sleep_calls.append("wake_up")
+        return web.json_response({"status": "awake"})
+
+    async def _is_sleeping(self, _: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": self.sleeping})
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        text = f'vllm:num_requests_running{{engine="0",model_name="tiny"}} {float(self.active)}\n'
+        text += 'vllm:num_requests_waiting{engine="0",model_name="tiny"} 0.0\n'
+        return web.Response(text=text)
+
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append((request.path, body))
@@ -170,6 +195,12 @@ class FakeVLLM:
                                   "tokens": ids, "token_strs": None})  # fmt: skip
 
     async def _generate(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        for _ in range(500):  # a sleeping vLLM holds new requests until /wake_up (bounded: 5 s)
+            if not self.sleeping:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            return self.error(503, "held while sleeping: nobody called /wake_up", "ServiceUnavailableError")
         reply = self.reply
         limit = body.get("max_tokens")
         if not chat and limit is None:

@@ -68,3 +68,59 @@ async def test_think_on_a_model_configured_without_thinking(aiohttp_client: Any,
     reply = await client.post("/api/chat", json={"model": "nothink", "messages": [{"role": "user", "content": "x"}], "think": True})
     assert reply.status == 400
     assert await reply.json() == {"error": '"nothink" does not support thinking'}
+
+
+@pytest.fixture
+async def sleepy(aiohttp_client: Any, coder: FakeVLLM) -> Any:
+    config = from_mapping({"backends": [{"url": coder.url, "name": "b", "sleep_mode": True, "sleep_level": 2}], "keep_alive": "5m"})
+    return await aiohttp_client(create_app(config))
+
+
+CHAT = {"model": "plain", "messages": [{"role": "user", "content": "x"}], "stream": False}
+
+
+async def test_unload_puts_a_sleep_mode_backend_to_sleep_and_the_next_request_wakes_it(sleepy: Any, coder: FakeVLLM) -> None:
+    unloaded = await (await sleepy.post("/api/generate", json={"model": "plain", "keep_alive": 0})).json(content_type=None)
+    assert unloaded["done_reason"] == "unload"
+    assert coder.sleeping and coder.sleep_calls == ["sleep?level=2"]
+    assert (await (await sleepy.get("/api/ps")).json())["models"] == []  # unloaded models are not listed
+    reply = await sleepy.post("/api/chat", json=CHAT)
+    assert reply.status == 200 and (await reply.json())["message"]["content"] == "Hello, world!"
+    assert coder.sleep_calls == ["sleep?level=2", "wake_up"] and not coder.sleeping
+
+
+async def test_ps_reports_the_keep_alive_timer(sleepy: Any, coder: FakeVLLM) -> None:
+    from datetime import datetime, timezone
+
+    await sleepy.post("/api/chat", json={**CHAT, "keep_alive": "10m"})
+    models = (await (await sleepy.get("/api/ps")).json())["models"]
+    expiry = {m["name"]: datetime.fromisoformat(m["expires_at"]) for m in models}
+    left = (expiry["plain:latest"] - datetime.now(timezone.utc)).total_seconds()
+    assert 590 < left <= 600
+
+
+async def test_keep_alive_timer_sleeps_an_idle_backend(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    config = from_mapping({"backends": [{"url": coder.url, "name": "b", "sleep_mode": True}]})
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    from proxy.state import KEEPALIVE
+
+    ticker = __import__("asyncio").create_task(app[KEEPALIVE].run(tick_s=0.05))
+    try:
+        await client.post("/api/chat", json={**CHAT, "keep_alive": "100ms"})
+        for _ in range(100):
+            if coder.sleeping:
+                break
+            await __import__("asyncio").sleep(0.02)
+        assert coder.sleep_calls == ["sleep?level=1"]
+    finally:
+        ticker.cancel()
+
+
+async def test_without_sleep_mode_keep_alive_zero_leaves_the_model_loaded(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    client = await proxy(aiohttp_client, coder)
+    unloaded = await (await client.post("/api/chat", json={"model": "plain", "messages": [], "keep_alive": 0})).json(content_type=None)
+    assert unloaded["done_reason"] == "unload"
+    assert coder.sleep_calls == []
+    names = [m["name"] for m in (await (await client.get("/api/ps")).json())["models"]]
+    assert "plain:latest" in names

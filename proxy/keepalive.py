@@ -1,0 +1,113 @@
+"""Ollama's ``keep_alive`` on vLLM backends that run in sleep mode.
+
+vLLM keeps its model loaded for the life of the process. A backend started with
+``--enable-sleep-mode`` (and ``VLLM_SERVER_DEV_MODE=1``) can offload it on ``POST /sleep``
+and reload it on ``POST /wake_up`` (vllm-api.md §13). For such backends (``sleep_mode:
+true`` in the config) the proxy keeps Ollama's timer: every request pushes the deadline
+to ``keep_alive`` after it ends (the request's own value, else the configured default),
+``keep_alive: 0`` unloads at once, and a request to a sleeping backend wakes it first,
+since vLLM would hold the request until someone does.
+
+Several workers keep their own timers; the backend is the shared truth. A worker asks
+``/is_sleeping`` before forwarding when its knowledge is over a second old, and the timer
+only puts a backend to sleep when vLLM reports no request running or waiting, so one
+worker's timer never cuts another worker's streams short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from proxy.backend import Upstream
+from proxy.config import BackendConfig
+from proxy.errors import ProxyError
+
+log = structlog.get_logger("proxy.keepalive")
+
+_FRESH_S = 1.0  # how long what /is_sleeping said is trusted
+
+
+@dataclass
+class _State:
+    deadline: float = math.inf  # monotonic seconds; inf = no timer running
+    asleep: bool = False
+    checked: float = -math.inf  # monotonic time of the last /is_sleeping
+    inflight: int = 0
+
+
+class KeepAlive:
+    def __init__(self, upstream: Upstream, backends: tuple[BackendConfig, ...], default_s: float) -> None:
+        self._upstream = upstream
+        self._default = default_s
+        self._states = {b.name: _State() for b in backends if b.sleep_mode}
+        self._backends = {b.name: b for b in backends}
+        self._locks = {name: asyncio.Lock() for name in self._states}
+
+    def manages(self, backend: BackendConfig) -> bool:
+        return backend.name in self._states
+
+    def is_asleep(self, backend: BackendConfig) -> bool:
+        state = self._states.get(backend.name)
+        return bool(state and state.asleep)
+
+    def expires_at(self, backend: BackendConfig) -> float | None:
+        """Seconds from now until the model unloads; None when it never does."""
+        state = self._states.get(backend.name)
+        if state is None or math.isinf(state.deadline):
+            return None
+        return max(0.0, state.deadline - time.monotonic())
+
+    async def begin(self, backend: BackendConfig) -> None:
+        """Before forwarding a request: make sure the model is loaded."""
+        state = self._states.get(backend.name)
+        if state is None:
+            return
+        state.inflight += 1
+        async with self._locks[backend.name]:
+            now = time.monotonic()
+            if state.asleep or now - state.checked > _FRESH_S:
+                state.asleep = bool((await self._upstream.get_json(backend, "/is_sleeping")).get("is_sleeping"))
+                state.checked = now
+            if state.asleep:
+                log.info("waking backend", backend=backend.name)
+                await self._upstream.post_json(backend, "/wake_up", {})
+                state.asleep = False
+
+    def end(self, backend: BackendConfig, keep_alive_s: float | None) -> None:
+        """After a request: restart the timer (Ollama counts from the end of a request)."""
+        state = self._states.get(backend.name)
+        if state is None:
+            return
+        state.inflight = max(0, state.inflight - 1)
+        seconds = self._default if keep_alive_s is None else keep_alive_s
+        state.deadline = time.monotonic() + seconds
+
+    async def unload(self, backend: BackendConfig) -> None:
+        state = self._states.get(backend.name)
+        if state is None or state.asleep:
+            return
+        async with self._locks[backend.name]:
+            await self._upstream.post_json(backend, f"/sleep?level={backend.sleep_level}", {})
+            state.asleep, state.deadline, state.checked = True, math.inf, time.monotonic()
+            log.info("backend put to sleep", backend=backend.name, level=backend.sleep_level)
+
+    async def run(self, tick_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(tick_s)
+            for name, state in self._states.items():
+                if state.asleep or state.inflight or time.monotonic() < state.deadline:
+                    continue
+                backend = self._backends[name]
+                try:
+                    if await self._upstream.busy(backend):
+                        state.deadline = time.monotonic() + tick_s  # another worker's requests
+                        continue
+                    await self.unload(backend)
+                except ProxyError as exc:
+                    log.warning("keep-alive sleep failed", backend=name, error=exc.message)
+                    state.deadline = time.monotonic() + 10 * tick_s
