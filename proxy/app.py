@@ -11,6 +11,7 @@ from aiohttp import web
 from proxy import openai_routes, routes
 from proxy.backend import Upstream, create_session
 from proxy.config import Config
+from proxy.cors import Cors
 from proxy.discovery import Discovery
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
@@ -23,7 +24,11 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[canonical, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES)
+    cors = Cors(config.origins)
+    app = web.Application(
+        middlewares=[canonical, cors.middleware, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES
+    )
+    app.on_response_prepare.append(cors.on_prepare)
     app[CONFIG] = config
     app[REGISTRY] = Registry(config)
     app[CLOCK] = Clock()

@@ -70,6 +70,7 @@ class Config:
     refresh_interval: float = 10.0  # seconds between model discoveries
     workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     max_inflight: int = 512  # per worker: generation requests in flight before 503 (Ollama's queue size)
+    origins: tuple[str, ...] = ()  # extra CORS origins beyond Ollama's local defaults ("*" wildcards)
     keep_alive: float = 300.0  # seconds a sleep-mode backend stays awake after its last request
     timeouts: Timeouts = Timeouts()
     backends: tuple[BackendConfig, ...] = ()
@@ -94,9 +95,10 @@ class Config:
         else:
             chosen = self.listen
         merged = _unique_backends([*self.backends, *extra], "--backend")
+        origins = self.origins + tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip())
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers: expected a whole number >= 1, got {workers}")
-        return replace(self, listen=chosen, backends=merged, workers=workers or self.workers)
+        return replace(self, listen=chosen, backends=merged, workers=workers or self.workers, origins=origins)
 
 
 def load(path: str) -> Config:
@@ -144,7 +146,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
-        "max_inflight", "keep_alive", "timeouts", "backends", "models"}  # fmt: skip
+        "max_inflight", "keep_alive", "origins", "timeouts", "backends", "models"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -167,6 +169,8 @@ def _config(data: Any, source: str) -> Config:
         kw["workers"] = _count(data["workers"], "workers", minimum=0)
     if "max_inflight" in data:
         kw["max_inflight"] = _count(data["max_inflight"], "max_inflight", minimum=1)
+    if "origins" in data:
+        kw["origins"] = tuple(_str(o, "origins") for o in _list(data["origins"], "origins"))
     if "keep_alive" in data:
         try:
             kw["keep_alive"] = keep_alive_seconds(data["keep_alive"])

@@ -1,0 +1,220 @@
+"""Assertions and small servers shared by the integration tests (no proxy code here)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from tests.fakes.vllm import FakeVLLM, _count_prompt
+
+NDJSON = "application/x-ndjson"
+JSON = "application/json; charset=utf-8"
+DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+
+
+def ndjson(raw: bytes) -> list[dict[str, Any]]:
+    """Parse an NDJSON body, asserting Ollama's framing: every line one compact JSON
+    object ending in a newline, no blank lines."""
+    assert raw, "empty body"
+    assert raw.endswith(b"\n"), f"body does not end with a newline: {raw[-80:]!r}"
+    objects = []
+    for line in raw[:-1].split(b"\n"):
+        assert line.strip(), f"blank line in NDJSON body: {raw!r}"
+        assert not line.startswith(b"data:"), f"SSE framing in NDJSON body: {line!r}"
+        obj = orjson.loads(line)
+        assert isinstance(obj, dict), line
+        assert orjson.dumps(obj) == line, f"not compact JSON: {line!r}"
+        objects.append(obj)
+    return objects
+
+
+def usage_of(fake: FakeVLLM, path: str = "/v1/chat/completions") -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) the fake reported for its last request on path."""
+    body = fake.last(path)
+    limit = body.get("max_tokens")
+    tokens = fake.reply.tokens if limit is None else fake.reply.tokens[:limit]
+    return _count_prompt(body), len(tokens) + len(fake.reply.reasoning)
+
+
+def assert_final(obj: dict[str, Any], usage: tuple[int, int], done_reason: str = "stop") -> None:
+    """The last generate/chat object: done, done_reason, integer ns durations, counts."""
+    assert obj["done"] is True
+    assert obj["done_reason"] == done_reason
+    for key in DURATIONS:
+        assert type(obj[key]) is int and obj[key] > 0, (key, obj.get(key))
+    assert obj["total_duration"] >= obj["eval_duration"]
+    assert obj["prompt_eval_count"] == usage[0]
+    assert obj["eval_count"] == usage[1]
+    assert isinstance(obj["created_at"], str) and obj["created_at"].endswith("Z")
+
+
+def l2(vector: list[float]) -> float:
+    return math.sqrt(math.fsum(v * v for v in vector))
+
+
+def normalised(vector: list[float]) -> list[float]:
+    norm = l2(vector)
+    return [v / norm for v in vector]
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SilentServer:
+    """Accepts TCP connections, reads what it is sent, never answers."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class BreakingVLLM(FakeVLLM):
+    """The fake vLLM plus one failure mode: ``break_after`` events into a stream, the
+    server drops the TCP connection (no chunked terminator, no [DONE]); with
+    ``break_cleanly`` the HTTP response ends properly instead, but without a finish chunk
+    or [DONE]."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.break_after: int | None = None
+        self.break_cleanly = False
+        self.keepalive_timeout = 75.0
+
+    async def start(self) -> str:
+        # FakeVLLM.start with the runner's keep-alive idle timeout configurable, as
+        # uvicorn's (vLLM's) 5 s VLLM_HTTP_TIMEOUT_KEEP_ALIVE.
+        original = web.AppRunner
+
+        def runner(app: web.Application, **kw: Any) -> web.AppRunner:
+            return original(app, keepalive_timeout=self.keepalive_timeout, **kw)
+
+        web.AppRunner = runner  # type: ignore[assignment,misc]
+        try:
+            return await super().start()
+        finally:
+            web.AppRunner = original  # type: ignore[misc]
+
+    async def _generate(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        if self.break_after is None or not body.get("stream"):
+            return await super()._generate(request, body, chat)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        tokens = self.reply.tokens
+        for event in self._events(body, chat, tokens, "stop")[: self.break_after]:
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        if self.break_cleanly:
+            await response.write_eof()
+            return response
+        await asyncio.sleep(0.05)  # let the events reach the proxy first
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+
+class HeaderRecordingVLLM(FakeVLLM):
+    """The fake vLLM that also records the headers of every inference request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers: list[CIMultiDict[str]] = []
+
+    async def _parse(self, request: web.Request, kind: str) -> Any:
+        self.headers.append(request.headers.copy())
+        return await super()._parse(request, kind)
+
+
+class DroppingForwarder:
+    """A TCP relay in front of a backend that drops a kept-alive connection when a second
+    request arrives on it, as a server does that closed the idle connection just as the
+    client reused it. By default it keeps reading what the client sends (so the kernel
+    closes with a FIN) and closes a moment later; with ``reset`` it aborts at once (RST)."""
+
+    def __init__(self, target_port: int, reset: bool = False) -> None:
+        self.target_port = target_port
+        self.reset = reset
+        self.dropped = 0
+        self.forwarded = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self.url
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pump = asyncio.create_task(self._pump(up_reader, writer))
+        self._tasks.add(pump)
+        requests = 0
+        try:
+            while data := await reader.read(65536):
+                if data.startswith((b"GET ", b"POST ")):
+                    requests += 1
+                    if requests > 1:
+                        self.dropped += 1
+                        if self.reset:
+                            writer.transport.abort()
+                            break
+                        # drain a moment, then close as an idle-timeout would
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.01):
+                                while await reader.read(65536):
+                                    pass
+                        break
+                    self.forwarded += 1
+                up_writer.write(data)
+                await up_writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            pump.cancel()
+            up_writer.close()
+            writer.close()
+
+    @staticmethod
+    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
