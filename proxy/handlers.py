@@ -25,6 +25,8 @@ async def read_json(request: web.Request, go_type: str) -> dict[str, Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise errors.BadRequest(f"invalid JSON: {exc}") from None
+    if body is None:
+        return {}  # Go decodes `null` into an empty request
     if not isinstance(body, dict):
         kind = {list: "array", str: "string", bool: "bool"}.get(type(body), "number")
         raise errors.BadRequest(f"json: cannot unmarshal {kind} into Go value of type api.{go_type}")

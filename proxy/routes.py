@@ -210,7 +210,10 @@ async def _generate(
     if dropped:
         log.debug("fields not sent to vLLM", dropped=dropped)
     translator.sent_ns = time.monotonic_ns()
-    upstream = await request.app[UPSTREAM].post(route.backend, path, body, request[CONTEXT].request_id)
+    try:
+        upstream = await request.app[UPSTREAM].post(route.backend, path, body, request[CONTEXT].request_id)
+    except errors.BackendError as exc:
+        raise _gone(exc, "generate", translator.model) from None
     return await relay_ollama(request, upstream, translator, request.app[CLOCK], stream, fold_key)
 
 
@@ -221,7 +224,15 @@ async def _call_embeddings(request: web.Request, route: Route, body: dict[str, A
     except errors.BackendError as exc:
         if strict and exc.status == 400 and "maximum context length" in exc.message:
             raise errors.BadRequest("the input length exceeds the context length") from None
-        raise
+        raise _gone(exc, "embed", request[CONTEXT].log.get("model", "")) from None
+
+
+def _gone(exc: errors.BackendError, endpoint: str, name: str) -> errors.ProxyError:
+    """A model the backend stopped serving since the last discovery: Ollama's own
+    not-found text, which clients match on, rather than vLLM's."""
+    if exc.status == 404 and "does not exist" in exc.message:
+        return errors.not_found(endpoint, name)
+    return exc
 
 
 async def _lifecycle(

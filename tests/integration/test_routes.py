@@ -600,8 +600,14 @@ MALFORMED = [
     (b"model=tiny", None),  # form fields
     (b"[1, 2]", None),
     (b'"tiny"', None),
-    (b"null", None),
 ]
+
+
+async def test_null_body_is_an_empty_request_as_in_go(client: TestClient) -> None:
+    """Go decodes `null` into a zero request: no model, so each endpoint's own answer."""
+    for path, expected in (("/api/chat", (400, "model is required")), ("/api/generate", (404, "model '' not found"))):
+        status, _, raw = await post(client, path, b"null")
+        assert (status, orjson.loads(raw)["error"]) == expected
 
 
 @pytest.mark.parametrize(
