@@ -10,14 +10,14 @@ from aiohttp import web
 
 from proxy import openai_routes, routes
 from proxy.backend import Upstream, create_session
+from proxy.clock import Clock
 from proxy.config import Config
 from proxy.cors import Cors
 from proxy.discovery import Discovery
+from proxy.keepalive import KeepAlive
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
-from proxy.keepalive import KeepAlive
 from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, REGISTRY, UPSTREAM
-from proxy.clock import Clock
 
 # Ollama takes large bodies (base64 images, long contexts); aiohttp's default is 1 MiB.
 MAX_BODY_BYTES = 256 * 1024 * 1024

@@ -93,11 +93,8 @@ class Upstream:
                     text = (await response.read()).decode("utf-8", "replace")
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unavailable(backend, exc) from None
-        for line in text.splitlines():
-            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                if float(line.rsplit(" ", 1)[1]) > 0:
-                    return True
-        return False
+        gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+        return any(line.startswith(gauges) and float(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
 
     async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
         try:

@@ -240,7 +240,8 @@ def _model(data: Any, where: str) -> ModelEntry:
         raise ConfigError(f"{where}.name: {name!r} is not a valid Ollama model name")
     caps = None
     if "capabilities" in data:
-        caps = tuple(_choice(c, f"{where}.capabilities", CAPABILITIES) for c in _list(data["capabilities"], f"{where}.capabilities"))
+        listed = _list(data["capabilities"], f"{where}.capabilities")
+        caps = tuple(_choice(c, f"{where}.capabilities", CAPABILITIES) for c in listed)
     options = data.get("options", {})
     _require_mapping(options, f"{where}.options", None)
     size = data.get("size", 0)
@@ -251,8 +252,8 @@ def _model(data: Any, where: str) -> ModelEntry:
         backend=_str(data["backend"], f"{where}.backend").rstrip("/"),
         served=_str(data["served"], f"{where}.served"),
         family=_str(data["family"], f"{where}.family") if "family" in data else None,
-        parameter_size=_str(data["parameter_size"], f"{where}.parameter_size") if "parameter_size" in data else "",
-        quantization_level=_str(data["quantization_level"], f"{where}.quantization_level") if "quantization_level" in data else "",
+        parameter_size=_optional_str(data, "parameter_size", where),
+        quantization_level=_optional_str(data, "quantization_level", where),
         size=size,
         capabilities=caps,
         options=dict(options),
@@ -284,6 +285,10 @@ def _str(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _optional_str(data: dict[str, Any], key: str, where: str) -> str:
+    return _str(data[key], f"{where}.{key}") if key in data else ""
 
 
 def _bool(value: Any, key: str) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy import errors
 from proxy.state import CONTEXT, RequestContext
@@ -75,7 +76,7 @@ _GENERATING = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/
                "/v1/completions", "/v1/embeddings")  # fmt: skip
 
 
-def inflight_cap(limit: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def inflight_cap(limit: int) -> Middleware:
     """Past ``limit`` generation requests in flight in this worker, answer 503 with
     Ollama's queue-full error and Retry-After instead of queueing silently (a saturated
     relay otherwise shows up only as seconds of added TTFT; performance.md #8)."""

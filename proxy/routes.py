@@ -4,7 +4,7 @@ call → respond)."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -46,7 +46,7 @@ async def ps(request: web.Request) -> web.Response:
     # Without sleep mode vLLM keeps its model loaded until the server stops: reported as
     # loaded forever, as Ollama does for keep_alive < 0 (about 292 years ahead).
     keepalive = request.app[KEEPALIVE]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     loaded_models = []
     for route in request.app[REGISTRY].running_routes():
         if keepalive.is_asleep(route.backend):
@@ -80,7 +80,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     translated = to_openai_chat_request(body, route.facts.served, route.facts.options)
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
     async with loaded(request, route, body.get("keep_alive")):
-        return await _generate(request, route, "/v1/chat/completions", translated.body, translated.dropped, translator, stream, "message")
+        path = "/v1/chat/completions"
+        return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "message")
 
 
 @routes.post("/api/generate")

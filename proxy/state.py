@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from proxy.backend import Upstream
+from proxy.clock import Clock
 from proxy.config import Config
 from proxy.discovery import Discovery
 from proxy.keepalive import KeepAlive
 from proxy.registry import Registry
-from proxy.clock import Clock
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", Registry)

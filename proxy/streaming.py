@@ -16,8 +16,8 @@ from aiohttp import web
 
 from proxy.clock import Clock
 from proxy.errors import BackendUnavailable, ProxyError
-from proxy.state import CONTEXT
 from proxy.sse import DONE, SSEDecoder
+from proxy.state import CONTEXT
 from proxy.translate.stream import StreamTranslator, fold
 
 NDJSON = "application/x-ndjson"
@@ -59,12 +59,11 @@ async def relay_ollama(
                         out += translator.feed(event, created, now)
                 if not out:
                     continue
-                if not stream:
-                    collected += out
-                elif response is None:
-                    response = await _prepare(request)
                 if stream:
+                    response = response or await _prepare(request)
                     await response.write(_lines(out))
+                else:
+                    collected += out
                 out = []
             now, created = time.monotonic_ns(), clock.created_at()
             for event in decoder.close():

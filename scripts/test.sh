@@ -20,4 +20,7 @@ if [ -z "${PROXY_SKIP_E2E:-}" ] && [ -z "${PROXY_E2E_SKIP:-}" ]; then
 elif [ -n "${PROXY_SKIP_E2E:-}" ]; then
   export PROXY_E2E_SKIP="PROXY_SKIP_E2E is set"
 fi
+echo "lint: ruff check proxy, mypy --strict proxy"
+"$venv/bin/ruff" check --quiet proxy
+"$venv/bin/mypy" --no-error-summary
 exec "$venv/bin/python" -m pytest "$@"

@@ -6,7 +6,7 @@ import base64
 import binascii
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ def to_ollama_done_reason(finish_reason: str | None) -> str:
 def rfc3339(epoch_ns: int) -> str:
     """UTC RFC 3339 with fractional seconds and a ``Z``, as Ollama writes ``created_at``."""
     seconds, ns = divmod(epoch_ns, _NS)
-    stamp = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{ns:09d}Z"
 
 

@@ -36,7 +36,7 @@ def vectors(response: Mapping[str, Any], expected: int) -> list[list[float]]:
     result = [d.get("embedding") for d in data]
     if len(result) != expected or not all(isinstance(v, list) for v in result):
         raise BackendError("vLLM returned an unexpected embeddings response")
-    return result  # type: ignore[return-value]
+    return result
 
 
 def to_ollama_embeddings(raw: list[list[float]], dimensions: Any) -> list[list[float]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-
 Think = bool | Literal["low", "medium", "high", "max"]
 Format = Literal["json", ""] | dict[str, Any] | None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, NotRequired, TypedDict
 
 
-
 class ChatMessage(TypedDict):
     role: str
     content: NotRequired[str | list[dict[str, Any]] | None]
