@@ -30,7 +30,7 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
     status = 500
     try:
         response = await handler(request)
-        status = response.status
+        status = 499 if record.pop("client_gone", False) else response.status
         return response
     except web.HTTPException as exc:
         response = _http_exception(exc)

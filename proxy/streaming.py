@@ -74,7 +74,10 @@ async def relay_ollama(
             raise BackendUnavailable(f"the vLLM stream broke off: {exc}") from None
         except aiohttp.ClientConnectionError as exc:
             if isinstance(exc, ConnectionResetError) and response is not None:
-                raise  # the client hung up while we wrote to it
+                # The client hung up while we wrote to it: nothing left to tell it. The
+                # upstream is closed below, which aborts the request in vLLM.
+                log["client_gone"] = True
+                return response
             raise BackendUnavailable(f"the vLLM stream broke off: {exc or type(exc).__name__}") from None
     except ProxyError as exc:
         _record(log, translator)

@@ -235,7 +235,10 @@ class FakeVLLM:
                 event = {**_envelope(body, chat), "choices": [], "usage": usage}
                 await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            self.aborted += 1  # the proxy closed the stream: vLLM aborts the request
+            return response
+        except asyncio.CancelledError:
             self.aborted += 1
             raise
         finally:

@@ -178,3 +178,19 @@ async def test_concurrent_requests_get_their_own_lines(client: TestClient, fake:
     by_id = {line["request_id"]: line for line in lines}
     assert {i: by_id[f"r{i}"]["model"] for i in range(4)} == {i: b["model"] for i, b in enumerate(bodies)}
     assert all(line["completion_tokens"] == 4 for line in lines)
+
+
+async def test_hang_up_while_tokens_flow_is_499_without_a_traceback(
+    base_url: str, fake: FakeVLLM, logs: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.reply.tokens = ["tok "] * 20000  # burst: the proxy is mid-write when the client leaves
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(base_url + "/api/chat", json={"model": "tiny", "messages": USER})
+        await response.content.readline()
+        response.close()  # hang up mid-stream, while the proxy is writing
+    deadline = time.monotonic() + 2
+    while (not request_lines(logs) or fake.active) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert one_line(logs)["status"] == 499
+    assert fake.active == 0  # nothing left open upstream
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
