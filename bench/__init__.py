@@ -1,0 +1,1 @@
+"""Benchmark harness for the proxy: fake vLLM, load client, runner (see README.md)."""
