@@ -44,6 +44,8 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     request[CONTEXT].log["model"] = name
     route = await resolve(request, name, "openai")
     body["model"] = route.facts.served
+    if body.get("tools") == []:
+        del body["tools"]  # vLLM rejects an empty list; Ollama's own /v1 route accepts it
     async with loaded(request, route, None):
         return await _forward(request, route, name, body)
 

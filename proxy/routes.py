@@ -77,7 +77,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await _lifecycle(request, route, name, body, stream, {"message": {"role": "assistant", "content": ""}})
     _require_capability(route, name, "completion", "chat")
     _check_features(route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
-    translated = to_openai_chat_request(body, route.facts.served, route.facts.options)
+    translated = to_openai_chat_request(body, route.facts.served, route.facts.options, route.facts.max_model_len)
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
     async with loaded(request, route, body.get("keep_alive")):
         path = "/v1/chat/completions"
@@ -124,6 +124,7 @@ async def embed(request: web.Request) -> web.Response:
     keep_alive_seconds(body.get("keep_alive"))
     inputs = embed_t.embed_inputs(body)
     route = await resolve(request, name, "embed")
+    _require_capability(route, name, "embedding", "embeddings")
     result: dict[str, Any] = {"model": name, "embeddings": []}
     if inputs:
         upstream_body = embed_t.to_openai_embed_request(inputs, route.facts.served, truncate is not False)
@@ -148,6 +149,7 @@ async def embeddings(request: web.Request) -> web.Response:
     prompt = field(body, "prompt", str, "EmbeddingRequest", "string")
     keep_alive_seconds(body.get("keep_alive"))
     route = await resolve(request, name, "embeddings")
+    _require_capability(route, name, "embedding", "embeddings")
     if not prompt:
         return json_response({"embedding": []})
     upstream_body = embed_t.to_openai_embed_request([prompt], route.facts.served, truncate=True)

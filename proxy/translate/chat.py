@@ -22,8 +22,10 @@ _HANDLED = {"model", "messages", "tools", "format", "options", "stream", "keep_a
             "top_logprobs"}  # fmt: skip
 
 
-def to_openai_chat_request(request: Mapping[str, Any], served: str, defaults: Mapping[str, Any]) -> Translated:
-    params, dropped = sampling(request.get("options"), defaults)
+def to_openai_chat_request(
+    request: Mapping[str, Any], served: str, defaults: Mapping[str, Any], max_model_len: int | None = None
+) -> Translated:
+    params, dropped = sampling(request.get("options"), defaults, max_model_len)
     body: dict[str, Any] = {"model": served, "messages": to_openai_messages(request.get("messages") or [])}
     body.update(params)
     body.update(stream_fields())

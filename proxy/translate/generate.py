@@ -54,7 +54,7 @@ def to_openai_generate_request(
         prompt, raw = fim.to_fim_prompt(fim_family, prompt, suffix), True
     if request.get("raw") and (request.get("system") or request.get("context")):
         raise BadRequest("raw mode does not support template, system, or context")
-    params, dropped = sampling(request.get("options"), defaults)
+    params, dropped = sampling(request.get("options"), defaults, max_model_len)
     dropped += [f for f in request if f not in _HANDLED]
     fmt = response_format(request.get("format"))
     extra: dict[str, Any] = {"response_format": fmt} if fmt else {}

@@ -16,12 +16,20 @@ class Translated(NamedTuple):
     dropped: list[str]  # Ollama fields/options knowingly not sent (logged at debug)
 
 
-def sampling(options: Any, defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The model's configured default options under the request's own."""
+def sampling(options: Any, defaults: Mapping[str, Any], max_model_len: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The model's configured default options under the request's own.
+
+    ``max_tokens`` is capped at the context: Ollama generates until the context is full
+    when ``num_predict`` is larger, while vLLM 0.32 refuses a ``max_tokens`` above
+    ``max_model_len`` (found by tests/e2e against vLLM 0.32.0).
+    """
     if options is not None and not isinstance(options, Mapping):
         raise BadRequest("json: cannot unmarshal options into Go struct field of type map[string]interface {}")
     merged = {**defaults, **(options or {})}
-    return to_openai_params(merged)
+    params, dropped = to_openai_params(merged)
+    if max_model_len and params.get("max_tokens", 0) > max_model_len:
+        params["max_tokens"] = max_model_len
+    return params, dropped
 
 
 def response_format(fmt: Any) -> dict[str, Any] | None:

@@ -124,3 +124,19 @@ async def test_without_sleep_mode_keep_alive_zero_leaves_the_model_loaded(aiohtt
     assert coder.sleep_calls == []
     names = [m["name"] for m in (await (await client.get("/api/ps")).json())["models"]]
     assert "plain:latest" in names
+
+
+async def test_embed_on_a_chat_model_is_a_capability_error(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    client = await proxy(aiohttp_client, coder)
+    for path, body in (("/api/embed", {"model": "plain", "input": "x"}), ("/api/embeddings", {"model": "plain", "prompt": "x"})):
+        reply = await client.post(path, json=body)
+        assert reply.status == 400
+        assert await reply.json() == {"error": '"plain" does not support embeddings'}
+
+
+async def test_openai_passthrough_drops_an_empty_tools_list(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    client = await proxy(aiohttp_client, coder)
+    reply = await client.post("/v1/chat/completions", json={"model": "plain", "messages": [{"role": "user", "content": "x"}],
+                                                            "tools": []})  # fmt: skip
+    assert reply.status == 200
+    assert "tools" not in coder.last("/v1/chat/completions")

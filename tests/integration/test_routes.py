@@ -1106,14 +1106,14 @@ async def test_large_body_is_accepted(client: TestClient, fake: FakeVLLM) -> Non
     ("path", "body"),
     [
         pytest.param("/api/chat", {"model": "tiny", "messages": USER}, id="chat"),
-        pytest.param("/api/embed", {"model": "tiny", "input": "x"}, id="embed"),
+        pytest.param("/api/embed", {"model": "minilm", "input": "x"}, id="embed"),
         pytest.param(CHAT, {"model": "tiny", "messages": USER}, id="openai"),
     ],
 )
 async def test_backend_gets_its_api_key_json_and_the_request_id(
     start_proxy: Any, session: Any, path: str, body: dict[str, Any]
 ) -> None:
-    backend = HeaderRecordingVLLM({"tiny": Model()})
+    backend = HeaderRecordingVLLM({"tiny": Model(), "minilm": Model(kind="embedding")})
     await backend.start()
     try:
         url = await start_proxy(backends=[{"url": backend.url, "name": "gpu", "api_key": "backend-secret"}])

@@ -207,3 +207,15 @@ def test_fim_family_is_recognised_from_names(names: tuple[str, ...], family: str
     from proxy.translate.fim import recognise
 
     assert recognise(*names) == family
+
+
+@pytest.mark.parametrize(
+    ("num_predict", "max_tokens"),
+    [
+        pytest.param(100, 100, id="within the context"),
+        pytest.param(5000, 1024, id="capped at the context (vLLM 0.32 refuses more)"),
+    ],
+)
+def test_num_predict_is_capped_at_the_context(num_predict: int, max_tokens: int) -> None:
+    body = to_openai_chat_request({"messages": USER, "options": {"num_predict": num_predict}}, "tiny", {}, 1024).body
+    assert body["max_tokens"] == max_tokens
