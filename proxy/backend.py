@@ -70,6 +70,24 @@ class Upstream:
             raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON", 502) from None
 
     async def get_json(self, backend: BackendConfig, path: str) -> Any:
+        raw = await self._get(backend, path)
+        try:
+            return orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON on {path}", 502) from None
+
+    async def busy(self, backend: BackendConfig) -> bool:
+        """Whether vLLM has requests running or waiting (its /metrics gauges)."""
+        text = (await self._get(backend, "/metrics")).decode("utf-8", "replace")
+        gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+        return any(line.startswith(gauges) and float(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
+
+    async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
+        data = await self.get_json(backend, "/v1/models")
+        return [c for c in data.get("data") or [] if isinstance(c, dict)]
+
+    async def _get(self, backend: BackendConfig, path: str) -> bytes:
+        """A short control-plane GET (listing, health, sleep state, metrics)."""
         try:
             async with asyncio.timeout(self._timeouts.discovery):
                 async with self._session.get(f"{backend.url}{path}", headers=_auth(backend)) as response:
@@ -80,35 +98,7 @@ class Upstream:
             raise _unavailable(backend, exc) from None
         if response.status >= 400:
             raise parse_backend_error(response.status, raw, backend.name)
-        try:
-            return orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError:
-            raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON on {path}", 502) from None
-
-    async def busy(self, backend: BackendConfig) -> bool:
-        """Whether vLLM has requests running or waiting (its /metrics gauges)."""
-        try:
-            async with asyncio.timeout(self._timeouts.discovery):
-                async with self._session.get(f"{backend.url}/metrics") as response:
-                    text = (await response.read()).decode("utf-8", "replace")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _unavailable(backend, exc) from None
-        gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-        return any(line.startswith(gauges) and float(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
-
-    async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
-        try:
-            async with asyncio.timeout(self._timeouts.discovery):
-                async with self._session.get(f"{backend.url}/v1/models", headers=_auth(backend)) as response:
-                    raw = await response.read()
-        except TimeoutError:
-            raise BackendTimeout(f"vLLM backend {backend.name} ({backend.url}) did not list its models in time") from None
-        except aiohttp.ClientError as exc:
-            raise _unavailable(backend, exc) from None
-        if response.status >= 400:
-            raise parse_backend_error(response.status, raw, backend.name)
-        data = orjson.loads(raw)
-        return [c for c in data.get("data") or [] if isinstance(c, dict)]
+        return raw
 
     async def probe_capabilities(self, backend: BackendConfig, served: str) -> tuple[str, ...]:
         """What a served model can do, learned once with tiny requests (vllm-api.md §19):
