@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 MODEL = "bench"
-MAX_MODEL_LEN = 4096
+MAX_MODEL_LEN = 131072  # a modern long-context model: streams of any bench length fit (the proxy caps max_tokens here)
 VERSION = "0.11.0"
 STALL_MARK = b"[[stall]]"
 BURST_BATCH = 16  # events written per loop turn per stream in burst mode, for fairness
