@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy import errors, names
+from proxy import errors, fastrelay, names
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.registry import Route
 from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, REGISTRY, UPSTREAM
@@ -213,10 +213,16 @@ async def _generate(
     if dropped:
         log.debug("fields not sent to vLLM", dropped=dropped)
     translator.sent_ns = time.monotonic_ns()
+    request_id = request[CONTEXT].request_id
     try:
-        upstream = await request.app[UPSTREAM].post(route.backend, path, body, request[CONTEXT].request_id)
+        if stream:  # the callback hot path: no Task wakeup per event (proxy/fastrelay.py)
+            fast = await fastrelay.open_stream(request.app[CONFIG].timeouts, route.backend, path, body, request_id)
+        else:
+            upstream = await request.app[UPSTREAM].post(route.backend, path, body, request_id)
     except errors.BackendError as exc:
         raise _gone(exc, "generate", translator.model) from None
+    if stream:
+        return await fastrelay.relay(request, fast, translator, request.app[CLOCK])
     return await relay_ollama(request, upstream, translator, request.app[CLOCK], stream, fold_key)
 
 

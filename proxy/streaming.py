@@ -80,7 +80,7 @@ async def relay_ollama(
                 return response
             raise BackendUnavailable(f"the vLLM stream broke off: {exc or type(exc).__name__}") from None
     except ProxyError as exc:
-        _record(log, translator)
+        record_outcome(log, translator)
         log["error"] = exc.message
         if not stream or (response is None and not out):
             raise  # nothing sent yet: a real status and {"error"} (ollama-api.md §1.3)
@@ -92,7 +92,7 @@ async def relay_ollama(
         return response
     finally:
         upstream.close()
-    _record(log, translator)
+    record_outcome(log, translator)
     if not stream:
         final = out.pop()
         return json_response(fold(collected + out, final, fold_key))
@@ -120,7 +120,7 @@ async def _prepare(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _record(log: dict[str, Any], translator: StreamTranslator) -> None:
+def record_outcome(log: dict[str, Any], translator: StreamTranslator) -> None:
     if translator.first_ns is not None:
         log["ttft_ms"] = round((translator.first_ns - translator.arrival_ns) / 1e6, 1)
     if translator.usage:
