@@ -70,6 +70,7 @@ class Config:
     refresh_interval: float = 10.0  # seconds between model discoveries
     workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     max_inflight: int = 512  # per worker: generation requests in flight before 503 (Ollama's queue size)
+    event_loop: str = "auto"  # auto (uvloop if installed) | uvloop | asyncio
     origins: tuple[str, ...] = ()  # extra CORS origins beyond Ollama's local defaults ("*" wildcards)
     keep_alive: float = 300.0  # seconds a sleep-mode backend stays awake after its last request
     timeouts: Timeouts = Timeouts()
@@ -146,7 +147,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
-        "max_inflight", "keep_alive", "origins", "timeouts", "backends", "models"}  # fmt: skip
+        "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -169,6 +170,8 @@ def _config(data: Any, source: str) -> Config:
         kw["workers"] = _count(data["workers"], "workers", minimum=0)
     if "max_inflight" in data:
         kw["max_inflight"] = _count(data["max_inflight"], "max_inflight", minimum=1)
+    if "event_loop" in data:
+        kw["event_loop"] = _choice(data["event_loop"], "event_loop", ("auto", "uvloop", "asyncio"))
     if "origins" in data:
         kw["origins"] = tuple(_str(o, "origins") for o in _list(data["origins"], "origins"))
     if "keep_alive" in data:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
@@ -17,6 +18,7 @@ def serve(config: Config, reuse_port: bool = False) -> int:
     try:
         web.run_app(
             create_app(config),
+            loop=_event_loop(config.event_loop),
             host=host,
             port=port,
             handler_cancellation=True,  # a client that hangs up cancels its handler → upstream closed
@@ -31,3 +33,17 @@ def serve(config: Config, reuse_port: bool = False) -> int:
         return 1
     return 0
 
+
+
+def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """uvloop when installed (``auto``): with the callback hot path it cut the proxy's
+    CPU per streamed event by ~15% in bench/run.py (paced, 256-512 streams)."""
+    if choice != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional at run time
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
