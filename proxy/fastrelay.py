@@ -8,7 +8,7 @@ transport as ONE HTTP chunk. The handler coroutine (``relay``) wakes only for wh
 be awaited: the response head, the first client byte (``StreamResponse.prepare``), client
 backpressure, and the end of the stream.
 
-The semantics are those of ``streaming.relay_ollama``. Errors before the first client
+The semantics are those of Ollama's streams (ollama-api.md §1.3). Errors before the first client
 byte propagate, so the client gets a real status. After that byte, the client gets the
 lines translated so far and then one ``{"error"}`` line. Body chunks go out raw on the
 client's transport, framed as HTTP chunks. The terminator always comes from aiohttp's own
@@ -75,7 +75,7 @@ class _Relay:
             for event in self.sse.feed(data):
                 if event != DONE:
                     out += self.translator.feed(event, created, now)
-        except Exception as exc:  # noqa: BLE001 - re-raised by the handler coroutine, as relay_ollama would
+        except Exception as exc:  # noqa: BLE001 - re-raised by the handler coroutine
             self.fail(exc)
             return
         if not out:

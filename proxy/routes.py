@@ -14,7 +14,7 @@ from proxy import errors, fastrelay, names
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.registry import Route
 from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, REGISTRY, UPSTREAM
-from proxy.streaming import json_response, relay_ollama, single_object
+from proxy.streaming import collect_ollama, json_response, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import models as models_t
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
@@ -223,7 +223,7 @@ async def _generate(
         raise _gone(exc, "generate", translator.model) from None
     if stream:
         return await fastrelay.relay(request, fast, translator, request.app[CLOCK])
-    return await relay_ollama(request, upstream, translator, request.app[CLOCK], stream, fold_key)
+    return await collect_ollama(request, upstream, translator, request.app[CLOCK], fold_key)
 
 
 async def _call_embeddings(request: web.Request, route: Route, body: dict[str, Any], strict: bool) -> Any:

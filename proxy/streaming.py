@@ -1,8 +1,6 @@
-"""Moves bytes: vLLM's SSE stream in, Ollama NDJSON (or one JSON object) out.
-
-Per upstream read: decode the complete SSE events, translate them, and issue ONE write
-with every resulting line (performance.md B3: chunked reads and coalesced writes are the
-largest single cost factor). Nothing is logged per token.
+"""Responses that are not token streams: JSON bodies, the folded non-streaming reply and
+load/unload objects, plus the per-request outcome both relays log. Token streams go
+through ``fastrelay``. Nothing is logged per token.
 """
 
 from __future__ import annotations
@@ -29,82 +27,43 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                         charset="utf-8", headers=headers)  # fmt: skip
 
 
-async def relay_ollama(
+async def collect_ollama(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     translator: StreamTranslator,
     clock: Clock,
-    stream: bool,
     fold_key: str,
-) -> web.StreamResponse:
-    """Relay one vLLM stream as Ollama NDJSON (``stream``) or as one folded object.
-
-    Errors before the first client byte propagate (the middleware gives them a real
-    status); after it, one final ``{"error": ...}`` line ends the stream with status 200
-    (ollama-api.md §1.3). The upstream response is always closed, so a client that
-    hangs up aborts the generation in vLLM.
+) -> web.Response:
+    """A non-streaming Ollama reply (``stream: false``): vLLM's stream read to the end
+    and folded into one object, so timings are measured as for a stream. Streams go
+    through ``fastrelay``. Errors propagate (the middleware gives them a real status);
+    the upstream response is always closed, so a client that hangs up (its handler is
+    cancelled) aborts the generation in vLLM.
     """
     decoder = SSEDecoder()
-    response: web.StreamResponse | None = None
     collected: list[dict[str, Any]] = []
-    out: list[dict[str, Any]] = []  # translated from the current read, not yet written
     log = request[CONTEXT].log
     try:
-        try:
-            async for data in upstream.content.iter_any():
-                now, created = time.monotonic_ns(), clock.created_at()
-                out = []
-                for event in decoder.feed(data):
-                    if event != DONE:
-                        out += translator.feed(event, created, now)
-                if not out:
-                    continue
-                if stream:
-                    response = response or await _prepare(request)
-                    await response.write(_lines(out))
-                else:
-                    collected += out
-                out = []
+        async for data in upstream.content.iter_any():
             now, created = time.monotonic_ns(), clock.created_at()
-            for event in decoder.close():
+            for event in decoder.feed(data):
                 if event != DONE:
-                    out += translator.feed(event, created, now)
-            out.append(translator.finish(created, now))
-        except aiohttp.ClientPayloadError as exc:
-            raise BackendUnavailable(f"the vLLM stream broke off: {exc}") from None
-        except aiohttp.ClientConnectionError as exc:
-            if isinstance(exc, ConnectionResetError) and response is not None:
-                # The client hung up while we wrote to it: nothing left to tell it. The
-                # upstream is closed below, which aborts the request in vLLM.
-                log["client_gone"] = True
-                return response
-            raise BackendUnavailable(f"the vLLM stream broke off: {exc or type(exc).__name__}") from None
+                    collected += translator.feed(event, created, now)
+        now, created = time.monotonic_ns(), clock.created_at()
+        for event in decoder.close():
+            if event != DONE:
+                collected += translator.feed(event, created, now)
+        final = translator.finish(created, now)
+    except aiohttp.ClientError as exc:
+        log["error"] = f"the vLLM stream broke off: {exc or type(exc).__name__}"
+        raise BackendUnavailable(log["error"]) from None
     except ProxyError as exc:
-        record_outcome(log, translator)
         log["error"] = exc.message
-        if not stream or (response is None and not out):
-            raise  # nothing sent yet: a real status and {"error"} (ollama-api.md §1.3)
-        if response is None:
-            response = await _prepare(request)
-        # What arrived before the error is still delivered, then one error line.
-        await response.write(_lines(out) + orjson.dumps({"error": exc.message}, option=_LINE))
-        await response.write_eof()
-        return response
+        raise
     finally:
         upstream.close()
-    record_outcome(log, translator)
-    if not stream:
-        final = out.pop()
-        return json_response(fold(collected + out, final, fold_key))
-    if response is None:
-        response = await _prepare(request)
-    await response.write(_lines(out))
-    await response.write_eof()
-    return response
-
-
-def _lines(objects: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(o, option=_LINE) for o in objects)
+        record_outcome(log, translator)
+    return json_response(fold(collected, final, fold_key))
 
 
 def single_object(body: dict[str, Any], stream: bool) -> web.Response:
@@ -112,12 +71,6 @@ def single_object(body: dict[str, Any], stream: bool) -> web.Response:
     if not stream:
         return json_response(body)
     return web.Response(body=orjson.dumps(body, option=_LINE), content_type=NDJSON)
-
-
-async def _prepare(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
-    await response.prepare(request)
-    return response
 
 
 def record_outcome(log: dict[str, Any], translator: StreamTranslator) -> None:
