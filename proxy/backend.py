@@ -12,7 +12,15 @@ import aiohttp
 import orjson
 
 from proxy.config import BackendConfig, Timeouts
-from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError, parse_backend_error
+from proxy.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ProxyError,
+    no_first_byte,
+    parse_backend_error,
+    unreachable,
+)
 
 # vLLM closes idle keep-alive connections after 5 s (uvicorn's default,
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE; vllm-api.md §2): drop ours first.
@@ -136,9 +144,7 @@ class Upstream:
                 async with asyncio.timeout(self._timeouts.first_byte):
                     return await self._session.post(url, data=_payload(data), headers=headers)
             except TimeoutError:
-                raise BackendTimeout(
-                    f"vLLM backend {backend.name} ({backend.url}) did not answer within {self._timeouts.first_byte:g} s"
-                ) from None
+                raise no_first_byte(backend.name, backend.url, self._timeouts.first_byte) from None
             except aiohttp.ServerDisconnectedError as exc:
                 # A pooled connection the server closed while idle fails before any
                 # byte of the answer: send once more on a fresh connection.
@@ -168,5 +174,4 @@ def _payload(data: bytes) -> bytes | io.BytesIO:
 
 
 def _unavailable(backend: BackendConfig, exc: BaseException) -> BackendUnavailable:
-    reason = str(exc) or type(exc).__name__
-    return BackendUnavailable(f"vLLM backend {backend.name} ({backend.url}) is unreachable: {reason}")
+    return unreachable(backend.name, backend.url, str(exc) or type(exc).__name__)

@@ -65,6 +65,15 @@ class BackendError(ProxyError):
     """vLLM answered with an error; ``status`` is vLLM's."""
 
 
+def unreachable(name: str, url: str, reason: str) -> BackendUnavailable:
+    """A backend that refused, reset or dropped a connection; named so operators know which."""
+    return BackendUnavailable(f"vLLM backend {name} ({url}) is unreachable: {reason}")
+
+
+def no_first_byte(name: str, url: str, seconds: float) -> BackendTimeout:
+    return BackendTimeout(f"vLLM backend {name} ({url}) did not answer within {seconds:g} s")
+
+
 def not_found(endpoint: str, model: str) -> ModelNotFound:
     """Ollama's exact unknown-model text for each endpoint (ollama-api.md §1.3)."""
     if endpoint in ("embed", "embeddings"):

@@ -34,7 +34,15 @@ from aiohttp.http import StreamWriter
 from proxy import __version__
 from proxy.clock import Clock
 from proxy.config import BackendConfig, Timeouts
-from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError, parse_backend_error
+from proxy.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ProxyError,
+    no_first_byte,
+    parse_backend_error,
+    unreachable,
+)
 from proxy.http1 import BodyReader, read_head
 from proxy.sse import DONE, SSEDecoder
 from proxy.state import CONTEXT
@@ -271,7 +279,7 @@ class UpstreamStream(asyncio.Protocol):
             self._ended(BackendUnavailable(f"the vLLM stream broke off: {message}"))
 
     def unreachable(self, reason: str) -> BackendUnavailable:
-        return BackendUnavailable(f"vLLM backend {self.backend.name} ({self.backend.url}) is unreachable: {reason}")
+        return unreachable(self.backend.name, self.backend.url, reason)
 
 
 async def open_stream(timeouts: Timeouts, backend: BackendConfig, path: str, body: Any, request_id: str = "") -> UpstreamStream:
@@ -301,8 +309,7 @@ async def open_stream(timeouts: Timeouts, backend: BackendConfig, path: str, bod
             await stream.head
     except TimeoutError:
         stream.close()
-        message = f"vLLM backend {backend.name} ({backend.url}) did not answer within {timeouts.first_byte:g} s"
-        raise BackendTimeout(message) from None
+        raise no_first_byte(backend.name, backend.url, timeouts.first_byte) from None
     except BaseException:
         stream.close()
         raise
