@@ -17,29 +17,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
-import ollama
 from tests.fakes.vllm import FakeVLLM, Reply, _count_prompt, fake_vector
+from tests.shapes import WEATHER_TOOL
 
 pytestmark = pytest.mark.compat
 
 CHAT = "/v1/chat/completions"
 DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "required": ["city"],
-            "properties": {"city": {"type": "string", "description": "The city"}},
-        },
-    },
-}
 
 
 def _tiny_png() -> bytes:

@@ -20,10 +20,11 @@ from typing import Any
 
 import aiohttp
 import httpx
+import ollama
 import pytest
 
-import ollama
 from tests.e2e.conftest import Stack
+from tests.shapes import WEATHER_TOOL
 
 pytestmark = pytest.mark.e2e
 
@@ -31,18 +32,6 @@ TINY, MINILM = "tiny", "minilm"
 MESSAGES = [{"role": "user", "content": "Tell me a story about a robot."}]
 PROMPT = "Write a haiku about the sea."
 SAMPLING = {"seed": 42, "temperature": 0.8, "num_predict": 24}
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "required": ["city"],
-            "properties": {"city": {"type": "string", "description": "The city"}},
-        },
-    },
-}
 SENTENCES = ["The cat sits on the mat.", "A feline rests on a rug.", "Stock markets fell sharply today."]
 
 
