@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="PATH", help="YAML configuration file (see config.yaml)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="worker processes sharing the port (default: config, else one per CPU core)")  # fmt: skip
+    serve.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
+                       help="run vLLM for this Hugging Face id or local path on demand (repeatable); "
+                       "NAME is its Ollama name")  # fmt: skip
+    serve.add_argument("--vllm-python", metavar="PATH",
+                       help="the Python that has vLLM installed, for --model and launch: entries (default: this one)")
+    serve.add_argument("--vllm-args", default="", metavar='"ARGS"',
+                       help='extra vLLM arguments for every --model, e.g. "--dtype float32 --enforce-eager"')  # fmt: skip
     return parser
 
 
@@ -33,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config) if args.config else Config()
-        config = config.with_cli(args.backend, args.listen, dict(os.environ), args.workers)
-        if not config.backends:
-            raise ConfigError("no backend: pass --backend URL or list backends in the config file")
+        config = config.with_cli(args.backend, args.listen, dict(os.environ), args.workers,
+                                 args.model, args.vllm_python, args.vllm_args)  # fmt: skip
+        if not config.backends and not config.managed:
+            raise ConfigError("no backend: pass --backend URL or --model MODEL, or list backends or launch: models in the config")
     except ConfigError as exc:
         print(f"ollama-vllm-proxy: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,18 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy import names
+from proxy.confcheck import ConfigError as ConfigError
+from proxy.confcheck import boolean as _bool
+from proxy.confcheck import choice as _choice
+from proxy.confcheck import count as _count
+from proxy.confcheck import listing as _list
+from proxy.confcheck import optional_text as _optional_str
+from proxy.confcheck import positive as _positive
+from proxy.confcheck import require_mapping as _require_mapping
+from proxy.confcheck import text as _str
 from proxy.errors import BadRequest
+from proxy.managed import settings as launch_settings
+from proxy.managed.settings import LaunchSettings
 from proxy.translate.common import keep_alive_seconds
 from proxy.translate.fim import TEMPLATES as FIM_TEMPLATES
 
@@ -24,10 +35,6 @@ DEFAULT_LISTEN = "127.0.0.1:11434"
 # `think` appeared around 0.9), so it must be a recent, numeric dotted Ollama version.
 DEFAULT_OLLAMA_VERSION = "0.13.0"
 CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, already phrased for the operator."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class ModelEntry:
     capabilities: tuple[str, ...] | None = None  # None: detect
     options: dict[str, Any] = field(default_factory=dict)  # defaults under request options
     fim: str | None = None  # fill-in-the-middle prompt family for generate `suffix`
+    launch: LaunchSettings | None = None  # a managed model: the proxy runs vLLM for it (backend is "")
 
 
 @dataclass(frozen=True)
@@ -72,17 +80,38 @@ class Config:
     max_inflight: int = 512  # per worker: generation requests in flight before 503 (Ollama's queue size)
     event_loop: str = "auto"  # auto (uvloop if installed) | uvloop | asyncio
     origins: tuple[str, ...] = ()  # extra CORS origins beyond Ollama's local defaults ("*" wildcards)
-    keep_alive: float = 300.0  # seconds a sleep-mode backend stays awake after its last request
+    keep_alive: float = 300.0  # seconds a model stays loaded after its last request (managed, sleep mode)
+    max_loaded: int = 0  # managed models running at once; 0 = limited by gpu_share only
+    max_queue: int = 512  # requests waiting for room to start a managed model, past it 503
+    queue_timeout: float = 60.0  # seconds such a request waits before 503 with Retry-After
+    load_timeout: float = 600.0  # seconds vLLM may take to become ready
+    vllm_python: str = ""  # the Python that has vLLM; "" = the proxy's own interpreter
     timeouts: Timeouts = Timeouts()
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelEntry, ...] = ()
     source: str = "<defaults>"
+    explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
+
+    @property
+    def managed(self) -> tuple[ModelEntry, ...]:
+        return tuple(m for m in self.models if m.launch is not None)
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
 
-    def with_cli(self, backends: list[str], listen: str | None, env: dict[str, str], workers: int | None = None) -> Config:
-        """Apply command-line flags: ``--listen`` > ``OLLAMA_HOST`` > file > default."""
+    def with_cli(
+        self,
+        backends: list[str],
+        listen: str | None,
+        env: dict[str, str],
+        workers: int | None = None,
+        models: list[str] | None = None,
+        vllm_python: str | None = None,
+        vllm_args: str = "",
+    ) -> Config:
+        """Apply command-line flags: ``--listen`` > ``OLLAMA_HOST`` > file > default;
+        ``OLLAMA_KEEP_ALIVE``/``OLLAMA_MAX_LOADED_MODELS``/``OLLAMA_MAX_QUEUE`` unless the
+        file sets the key; ``--model`` adds managed models."""
         extra = []
         for url in backends:
             try:
@@ -99,7 +128,56 @@ class Config:
         origins = self.origins + tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip())
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers: expected a whole number >= 1, got {workers}")
-        return replace(self, listen=chosen, backends=merged, workers=workers or self.workers, origins=origins)
+        changes = _from_env(env, self.explicit)
+        if vllm_python:
+            changes["vllm_python"] = vllm_python
+        extra_args = launch_settings.arguments(vllm_args, "--vllm-args")
+        added = [_cli_model(m, extra_args) for m in models or []]
+        taken = {names.key(m.name) for m in self.models}
+        for entry in added:
+            if names.key(entry.name) in taken:
+                raise ConfigError(f"--model: the name {entry.name!r} is used twice")
+            taken.add(names.key(entry.name))
+        return replace(self, listen=chosen, backends=merged, workers=workers or self.workers, origins=origins,
+                       models=(*self.models, *added), **changes)  # fmt: skip
+
+
+def _from_env(env: dict[str, str], explicit: frozenset[str]) -> dict[str, Any]:
+    """Ollama's server variables, for keys the config file does not set."""
+    out: dict[str, Any] = {}
+    for var, key in (("OLLAMA_KEEP_ALIVE", "keep_alive"), ("OLLAMA_MAX_LOADED_MODELS", "max_loaded"),
+                     ("OLLAMA_MAX_QUEUE", "max_queue")):  # fmt: skip
+        value = env.get(var, "").strip()
+        if not value or key in explicit:
+            continue
+        if key == "keep_alive":
+            try:
+                out[key] = keep_alive_seconds(float(value) if _is_number(value) else value)
+            except BadRequest as exc:
+                raise ConfigError(f"{var}: {exc.message}") from None
+        elif value.isdigit():
+            out[key] = int(value)
+        else:
+            raise ConfigError(f"{var}: expected a whole number, got {value!r}")
+    if out.get("max_queue") == 0:
+        raise ConfigError("OLLAMA_MAX_QUEUE: expected a whole number >= 1, got '0'")
+    return out
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _cli_model(value: str, vllm_args: tuple[str, ...]) -> ModelEntry:
+    name, launch = launch_settings.from_cli(value, vllm_args)
+    display = name or names.from_served(launch.model).display()
+    if names.parse(display) is None:
+        raise ConfigError(f"--model: {name!r} is not a valid Ollama model name")
+    return ModelEntry(name=display, backend="", served=name or launch.model, launch=launch)
 
 
 def load(path: str) -> Config:
@@ -147,12 +225,13 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
-        "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models"}  # fmt: skip
+        "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
+        "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
     _require_mapping(data, "top level", _TOP)
-    kw: dict[str, Any] = {"source": source}
+    kw: dict[str, Any] = {"source": source, "explicit": frozenset(data)}
     if "listen" in data:
         kw["listen"] = parse_listen(_str(data["listen"], "listen"), "listen")
     if "ollama_version" in data:
@@ -181,12 +260,26 @@ def _config(data: Any, source: str) -> Config:
             raise ConfigError(f"keep_alive: {exc.message}") from None
     if "timeouts" in data:
         kw["timeouts"] = _timeouts(data["timeouts"])
+    if "max_loaded" in data:
+        kw["max_loaded"] = _count(data["max_loaded"], "max_loaded", minimum=0)
+    if "max_queue" in data:
+        kw["max_queue"] = _count(data["max_queue"], "max_queue", minimum=1)
+    for key in ("queue_timeout", "load_timeout"):
+        if key in data:
+            kw[key] = _positive(data[key], key)
+    if "vllm_python" in data:
+        kw["vllm_python"] = _str(data["vllm_python"], "vllm_python")
     backends = [_backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]
     kw["backends"] = _unique_backends(backends, "backends")
     models = [_model(m, f"models[{i}]") for i, m in enumerate(_list(data.get("models", []), "models"))]
     known = {b.name for b in kw["backends"]} | {b.url for b in kw["backends"]}
+    seen: set[str | None] = set()
     for i, entry in enumerate(models):
-        if entry.backend not in known:
+        if entry.launch is not None:
+            if names.key(entry.name) in seen:
+                raise ConfigError(f"models[{i}].name: {entry.name!r} is already a managed model")
+            seen.add(names.key(entry.name))
+        elif entry.backend not in known:
             raise ConfigError(f"models[{i}].backend: no backend named {entry.backend!r}")
     kw["models"] = tuple(models)
     return Config(**kw)
@@ -230,12 +323,15 @@ def _backend(data: Any, where: str) -> BackendConfig:
 
 
 _MODEL_KEYS = {"name", "backend", "served", "family", "parameter_size", "quantization_level",
-               "size", "capabilities", "options", "fim"}  # fmt: skip
+               "size", "capabilities", "options", "fim", "launch"}  # fmt: skip
 
 
 def _model(data: Any, where: str) -> ModelEntry:
     _require_mapping(data, where, _MODEL_KEYS)
-    for key in ("name", "backend", "served"):
+    launch = launch_settings.parse(data["launch"], f"{where}.launch") if "launch" in data else None
+    if launch is not None and "backend" in data:
+        raise ConfigError(f"{where}.launch: a model is either launched by the proxy or served by a backend, not both")
+    for key in ("name",) if launch else ("name", "backend", "served"):
         if key not in data:
             raise ConfigError(f"{where}.{key}: missing")
     name = _str(data["name"], f"{where}.name")
@@ -252,8 +348,8 @@ def _model(data: Any, where: str) -> ModelEntry:
         raise ConfigError(f"{where}.size: must be a whole number of bytes")
     return ModelEntry(
         name=name,
-        backend=_str(data["backend"], f"{where}.backend").rstrip("/"),
-        served=_str(data["served"], f"{where}.served"),
+        backend=_str(data["backend"], f"{where}.backend").rstrip("/") if launch is None else "",
+        served=_str(data.get("served", name), f"{where}.served"),
         family=_str(data["family"], f"{where}.family") if "family" in data else None,
         parameter_size=_optional_str(data, "parameter_size", where),
         quantization_level=_optional_str(data, "quantization_level", where),
@@ -261,6 +357,7 @@ def _model(data: Any, where: str) -> ModelEntry:
         capabilities=caps,
         options=dict(options),
         fim=_choice(data["fim"], f"{where}.fim", tuple(FIM_TEMPLATES)) if "fim" in data else None,
+        launch=launch,
     )
 
 
@@ -273,52 +370,3 @@ def _unique_backends(backends: list[BackendConfig], where: str) -> tuple[Backend
             raise ConfigError(f"{where}: two backends are named {b.name!r}")
         seen[b.name] = b
     return tuple(seen.values())
-
-
-def _require_mapping(data: Any, where: str, allowed: set[str] | None) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    for key in data:
-        if allowed is not None and key not in allowed:
-            prefix = "" if where == "top level" else f"{where}."
-            raise ConfigError(f"{prefix}{key}: unknown key")
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_str(data: dict[str, Any], key: str, where: str) -> str:
-    return _str(data[key], f"{where}.{key}") if key in data else ""
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _list(value: Any, key: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-    return value
-
-
-def _positive(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _count(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}: expected a whole number >= {minimum}, got {value!r}")
-    return value
-
-
-def _choice(value: Any, key: str, allowed: tuple[Any, ...]) -> Any:
-    if value not in allowed or isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    return value

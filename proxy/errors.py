@@ -6,7 +6,8 @@
     ├── BadRequest             400  malformed JSON, wrong field types, invalid values
     ├── ModelNotFound          404  no backend serves the name (text differs per endpoint)
     ├── NotSupported           501  Ollama features vLLM has no equivalent for
-    ├── ServerBusy             503  in-flight cap reached (Ollama's queue-full text)
+    ├── ServerBusy             503  in-flight cap reached or no room for a managed model (Retry-After)
+    ├── ModelLoadFailed        500  a managed model's vLLM did not start (with its log tail)
     ├── BackendUnavailable     502  connection refused / reset / DNS: names the backend
     ├── BackendTimeout         504  no connection or no first byte in time
     └── BackendError           4xx/5xx as vLLM answered, with vLLM's message
@@ -48,9 +49,16 @@ class NotSupported(ProxyError):
 class ServerBusy(ProxyError):
     status = 503
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
         # Ollama's text when OLLAMA_MAX_QUEUE is full (two spaces, as Ollama writes it).
-        super().__init__("server busy, please try again.  maximum pending requests exceeded")
+        super().__init__(message or "server busy, please try again.  maximum pending requests exceeded")
+        self.retry_after = max(1, retry_after)  # seconds, sent as the Retry-After header
+
+
+class ModelLoadFailed(ProxyError):
+    """Ollama answers 500 when its runner fails to load a model."""
+
+    status = 500
 
 
 class BackendUnavailable(ProxyError):

@@ -48,7 +48,7 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
         to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
         status, body = to_wire(exc)
         record["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
-        headers = {"Retry-After": "1"} if isinstance(exc, errors.ServerBusy) else None
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.ServerBusy) else None
         return json_response(body, status, headers)
     finally:
         log.info(
