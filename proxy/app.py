@@ -15,15 +15,18 @@ from proxy.config import Config
 from proxy.cors import Cors
 from proxy.discovery import Discovery
 from proxy.keepalive import KeepAlive
+from proxy.managed import service
+from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
-from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, REGISTRY, UPSTREAM
+from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, UPSTREAM
 
 # Ollama takes large bodies (base64 images, long contexts); aiohttp's default is 1 MiB.
 MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, launcher: Launcher | None = None) -> web.Application:
+    """``launcher`` starts managed models' processes (tests pass a fake one)."""
     cors = Cors(config.origins)
     app = web.Application(
         middlewares=[canonical, cors.middleware, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES
@@ -32,6 +35,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[REGISTRY] = Registry(config)
     app[CLOCK] = Clock()
+    if launcher is not None:
+        app[LAUNCHER] = launcher
     app.cleanup_ctx.append(_backends)
     app.add_routes(routes.routes)
     app.add_routes(openai_routes.routes)
@@ -46,9 +51,14 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     await discovery.refresh()  # serve the first /api/tags with models already listed
     app[KEEPALIVE] = keepalive = KeepAlive(app[UPSTREAM], config.backends, config.keep_alive)
     tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run())]
+    if config.managed:
+        app[MANAGED] = managed = service.host(config, app.get(LAUNCHER))
+        tasks.append(asyncio.create_task(managed.preload()))
     yield
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if config.managed:
+        await app[MANAGED].close()  # stops every vLLM this process started
     await session.close()

@@ -91,6 +91,7 @@ class Config:
     models: tuple[ModelEntry, ...] = ()
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
+    managed_socket: str = ""  # set by the supervisor with --workers N: the owner of the managed models
 
     @property
     def managed(self) -> tuple[ModelEntry, ...]:

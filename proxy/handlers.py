@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from proxy import errors
 from proxy.registry import Route
-from proxy.state import CONTEXT, DISCOVERY, KEEPALIVE, REGISTRY
+from proxy.state import CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
 from proxy.translate.common import keep_alive_seconds
 
 
@@ -74,13 +75,28 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 @contextlib.asynccontextmanager
-async def loaded(request: web.Request, route: Route, keep_alive: Any) -> AsyncIterator[None]:
-    """Around a request that needs the model: wake a sleeping backend first, and restart
-    its keep-alive timer when the request ends (proxy/keepalive.py)."""
+async def loaded(request: web.Request, route: Route, keep_alive: Any) -> AsyncIterator[Route]:
+    """Around a request that needs the model, yielding the route to send it on: a managed
+    model is started if needed and counted busy until the request (its stream included)
+    ends; a sleeping backend is woken first and its keep-alive timer restarted at the end
+    (proxy/keepalive.py)."""
     seconds = keep_alive_seconds(keep_alive)
+    if route.managed:
+        host = request.app[MANAGED]
+        lease = await host.acquire(route.facts.name, seconds)
+        try:
+            live = route._replace(backend=dataclasses.replace(route.backend, url=lease.url.rstrip("/")))
+            registry = request.app[REGISTRY]
+            if not registry.knows_context(route.facts.name):
+                with contextlib.suppress(errors.ProxyError):  # only the context length is missing then
+                    registry.update_managed(route.facts.name, await request.app[UPSTREAM].list_models(live.backend))
+            yield live
+        finally:
+            host.release(lease, seconds)
+        return
     keepalive = request.app[KEEPALIVE]
     try:
         await keepalive.begin(route.backend)
-        yield
+        yield route
     finally:
         keepalive.end(route.backend, seconds)

@@ -46,7 +46,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     body["model"] = route.facts.served
     if body.get("tools") == []:
         del body["tools"]  # vLLM rejects an empty list; Ollama's own /v1 route accepts it
-    async with loaded(request, route, None):
+    async with loaded(request, route, None) as route:
         return await _forward(request, route, name, body)
 
 

@@ -1,8 +1,10 @@
 """Which Ollama name is served by which backend under which served name. State only, no I/O:
-discovery feeds it what each backend's ``/v1/models`` listed."""
+discovery feeds it what each backend's ``/v1/models`` listed. Managed models (``launch:``)
+are listed whether running or not; their backend URL is only known while they run."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -14,7 +16,8 @@ from proxy.translate.models import ModelFacts
 
 class Route(NamedTuple):
     facts: ModelFacts
-    backend: BackendConfig
+    backend: BackendConfig  # for a managed model, a placeholder until it runs (handlers.loaded)
+    managed: bool = False
 
 
 @dataclass
@@ -31,7 +34,14 @@ class Registry:
     def __init__(self, config: Config) -> None:
         self._states = {b.name: BackendState(b) for b in config.backends}
         self._by_url = {b.url: b.name for b in config.backends}
-        self._aliases = config.models
+        self._aliases = [m for m in config.models if m.launch is None]
+        self._managed: dict[str, tuple[ModelEntry, BackendState]] = {}
+        for entry in config.managed:
+            assert entry.launch is not None
+            state = BackendState(BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False))
+            state.capabilities[entry.served] = entry.launch.capabilities()
+            state.seen_ns[entry.served] = time.time_ns()
+            self._managed[str(names.key(entry.name))] = (entry, state)
         self._routes: dict[str, Route] = {}
         self._rebuild()
 
@@ -49,6 +59,16 @@ class Registry:
             state.seen_ns[served] = now_ns
         self._rebuild()
         return new
+
+    def update_managed(self, name: str, cards: list[dict[str, Any]]) -> None:
+        """What a managed model's running vLLM listed (its ``max_model_len``)."""
+        entry, state = self._managed[str(names.key(name))]
+        state.cards = {str(c["id"]): c for c in cards if c.get("id") and not c.get("parent")}
+        self._rebuild()
+
+    def knows_context(self, name: str) -> bool:
+        managed = self._managed.get(str(names.key(name)))
+        return managed is None or bool(managed[1].cards)
 
     def set_capabilities(self, backend: str, served: str, capabilities: tuple[str, ...]) -> None:
         self._states[backend].capabilities[served] = capabilities
@@ -71,6 +91,10 @@ class Registry:
 
     def _rebuild(self) -> None:
         routes: dict[str, Route] = {}
+        for key, (entry, state) in self._managed.items():
+            parsed = names.parse(entry.name)
+            assert parsed is not None  # config validated it
+            routes[key] = Route(self._facts(state, entry.served, parsed.display(), entry), state.config, managed=True)
         for entry in self._aliases:  # configured aliases win over discovered names
             state = self._states[self._by_url.get(entry.backend, entry.backend)]
             parsed = names.parse(entry.name)

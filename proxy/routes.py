@@ -12,8 +12,9 @@ from aiohttp import web
 
 from proxy import errors, fastrelay, names
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
+from proxy.managed.service import managed_ps
 from proxy.registry import Route
-from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, REGISTRY, UPSTREAM
+from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
 from proxy.streaming import collect_ollama, json_response, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import models as models_t
@@ -47,13 +48,16 @@ async def ps(request: web.Request) -> web.Response:
     # loaded forever, as Ollama does for keep_alive < 0 (about 292 years ahead).
     keepalive = request.app[KEEPALIVE]
     now = datetime.now(UTC)
+    forever = now + timedelta(days=365 * 292)
     loaded_models = []
     for route in request.app[REGISTRY].running_routes():
         if keepalive.is_asleep(route.backend):
             continue
         remaining = keepalive.expires_at(route.backend)
-        expires = now + (timedelta(days=365 * 292) if remaining is None else timedelta(seconds=remaining))
-        loaded_models.append((route.facts, expires.isoformat()))
+        expires = forever if remaining is None else now + timedelta(seconds=remaining)
+        loaded_models.append((route.facts, expires.isoformat(), route.facts.size))
+    if MANAGED in request.app:
+        loaded_models += await managed_ps(request.app[MANAGED], request.app[REGISTRY], forever)
     return json_response(models_t.to_ollama_ps(loaded_models))
 
 
@@ -79,7 +83,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     _check_features(route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
     translated = to_openai_chat_request(body, route.facts.served, route.facts.options, route.facts.max_model_len)
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
-    async with loaded(request, route, body.get("keep_alive")):
+    async with loaded(request, route, body.get("keep_alive")) as route:
         path = "/v1/chat/completions"
         return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "message")
 
@@ -100,7 +104,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     _check_features(route, name, body, bool(body.get("images")))
     if body.get("suffix") and "insert" not in route.facts.capabilities:
         raise errors.BadRequest(f"{_full_name(name)} does not support insert")
-    async with loaded(request, route, body.get("keep_alive")):
+    async with loaded(request, route, body.get("keep_alive")) as route:
         context_ids = None
         if body.get("context") and not body.get("raw"):
             tokenize = to_openai_tokenize_request(body, route.facts.served)
@@ -128,7 +132,7 @@ async def embed(request: web.Request) -> web.Response:
     result: dict[str, Any] = {"model": name, "embeddings": []}
     if inputs:
         upstream_body = embed_t.to_openai_embed_request(inputs, route.facts.served, truncate is not False)
-        async with loaded(request, route, body.get("keep_alive")):
+        async with loaded(request, route, body.get("keep_alive")) as route:
             response = await _call_embeddings(request, route, upstream_body, truncate is False)
         raw = embed_t.vectors(response, len(inputs))
         result["embeddings"] = embed_t.to_ollama_embeddings(raw, dimensions)
@@ -153,7 +157,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if not prompt:
         return json_response({"embedding": []})
     upstream_body = embed_t.to_openai_embed_request([prompt], route.facts.served, truncate=True)
-    async with loaded(request, route, body.get("keep_alive")):
+    async with loaded(request, route, body.get("keep_alive")) as route:
         response = await _call_embeddings(request, route, upstream_body, strict=False)
     # The legacy endpoint returns the model's raw vector, not re-normalised (§2.6).
     return json_response({"embedding": embed_t.vectors(response, 1)[0]})
@@ -248,12 +252,15 @@ async def _lifecycle(
     request: web.Request, route: Route, name: str, body: dict[str, Any], stream: bool, empty: dict[str, Any]
 ) -> web.Response:
     """Empty prompt/messages: Ollama's load (or, with keep_alive 0, unload) answer, one
-    object even when streaming. A sleep-mode backend is woken or put to sleep; any other
-    vLLM keeps its model loaded, so nothing is sent upstream."""
+    object even when streaming. A managed model is really started or stopped; a
+    sleep-mode backend is woken or put to sleep; any other vLLM keeps its model loaded,
+    so nothing is sent upstream."""
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     reason = "unload" if keep_alive == 0 else "load"
     keepalive = request.app[KEEPALIVE]
-    if keepalive.manages(route.backend):
+    if route.managed and reason == "unload":
+        await request.app[MANAGED].unload(route.facts.name)
+    elif route.managed or keepalive.manages(route.backend):
         if reason == "unload":
             await keepalive.unload(route.backend)
         else:

@@ -12,6 +12,8 @@ from proxy.clock import Clock
 from proxy.config import Config
 from proxy.discovery import Discovery
 from proxy.keepalive import KeepAlive
+from proxy.managed.host import Host
+from proxy.managed.process import Launcher
 from proxy.registry import Registry
 
 CONFIG = web.AppKey("config", Config)
@@ -20,6 +22,8 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 DISCOVERY = web.AppKey("discovery", Discovery)
 CLOCK = web.AppKey("clock", Clock)
 KEEPALIVE = web.AppKey("keepalive", KeepAlive)
+MANAGED = web.AppKey("managed", Host)  # only set when managed models are configured
+LAUNCHER = web.AppKey("launcher", Launcher)  # a launcher given to create_app (tests)
 
 
 @dataclass

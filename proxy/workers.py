@@ -12,9 +12,11 @@ import multiprocessing
 import signal
 import sys
 import time
+from dataclasses import replace
 from types import FrameType
 
 from proxy.config import Config
+from proxy.managed.control import Owner
 from proxy.server import serve
 
 
@@ -22,6 +24,9 @@ def run(config: Config) -> int:
     count = config.worker_count()
     if count == 1:
         return serve(config, reuse_port=False)
+    owner = _managed_owner(config)
+    if owner is not None:
+        config = replace(config, managed_socket=owner.path)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(config,), name=f"worker-{i}") for i in range(count)]
     for proc in procs:
@@ -47,7 +52,23 @@ def run(config: Config) -> int:
         time.sleep(0.2)
     for proc in procs:
         proc.join()
+    if owner is not None:
+        owner.stop()  # the workers are gone: stop every vLLM child
     return code
+
+
+def _managed_owner(config: Config) -> Owner | None:
+    """With managed models, this process owns them (proxy/managed/control.py); the
+    workers ask it over a Unix socket."""
+    if not config.managed:
+        return None
+    from proxy import logs  # noqa: PLC0415
+    from proxy.managed import service  # noqa: PLC0415
+
+    logs.configure(config.log_level, config.log_format)
+    owner = Owner(lambda: service.scheduler(config))
+    owner.start()
+    return owner
 
 
 def _worker(config: Config) -> None:

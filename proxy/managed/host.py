@@ -78,4 +78,8 @@ class Host(Protocol):
     async def loaded(self) -> list[Loaded]:
         """The running models."""
 
-    async def close(self) -> None: ...
+    async def preload(self) -> None:
+        """Start the models marked ``preload`` (the owner of the processes does it)."""
+
+    async def close(self) -> None:
+        """The worker stops: the owner stops every process."""
