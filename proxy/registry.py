@@ -87,7 +87,7 @@ class Registry:
         return [r.facts for r in self._routes.values()]
 
     def running_routes(self) -> list[Route]:
-        return [r for r in self._routes.values() if self._states[r.backend.name].up]
+        return [r for r in self._routes.values() if not r.managed and self._states[r.backend.name].up]
 
     def _rebuild(self) -> None:
         routes: dict[str, Route] = {}

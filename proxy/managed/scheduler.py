@@ -157,7 +157,7 @@ class Scheduler:
         for slot in self._slots.values():
             if slot.state != "running" or slot.child is None:
                 continue
-            if slot.plan.pinned or slot.keep_alive < 0:
+            if slot.plan.pinned or _forever(slot.keep_alive):
                 expires: float | None = None
             elif slot.inflight:
                 expires = wall + slot.keep_alive
@@ -298,7 +298,7 @@ class Scheduler:
         if slot.state != "running" or slot.inflight:
             return
         self._cancel_tasks(slot, keep_watcher=True)
-        if slot.plan.pinned or slot.keep_alive < 0:
+        if slot.plan.pinned or _forever(slot.keep_alive):
             slot.deadline = math.inf
             return
         if slot.keep_alive == 0:
@@ -374,6 +374,10 @@ class Scheduler:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _forever(keep_alive: float) -> bool:
+    return keep_alive < 0 or math.isinf(keep_alive)  # Ollama: negative = never unload
 
 
 def _failure_text(name: str, reason: str, tail: tuple[str, ...]) -> str:

@@ -82,8 +82,13 @@ class FakeChild:
         return tuple(self.lines[-lines:])
 
     async def crash(self, code: int = -9) -> None:
-        """The process dies on its own (kill -9, segfault, OOM)."""
+        """The process dies on its own (kill -9, segfault, OOM): its connections drop."""
         if self.server:
+            runner = self.server._runner
+            assert runner is not None and runner.server is not None
+            for handler in list(runner.server.connections):
+                if handler.transport is not None:
+                    handler.transport.abort()
             await self.server.stop()
         self._exit(code)
 
