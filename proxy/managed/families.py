@@ -22,14 +22,14 @@ _TOOLS = ("--enable-auto-tool-choice", "--tool-call-parser")
 _SWITCHES = {"--enable-auto-tool-choice"}  # flags in this table that take no value
 
 FAMILIES: tuple[Family, ...] = (
+    # DeepSeek-R1 (and its Qwen/Llama distills, even on Qwen3): <think> reasoning, no tool calling.
+    Family("deepseek-r1", ("--reasoning-parser", "deepseek_r1"), ("completion", "thinking")),
     # Qwen3-Coder emits XML-ish tool calls with its own parser.
     Family("qwen3-coder", (*_TOOLS, "qwen3_coder"), ("completion", "tools")),
     # Qwen3 uses Hermes-style <tool_call> tags and <think> reasoning (on by default).
     Family("qwen3", (*_TOOLS, "hermes", "--reasoning-parser", "qwen3"), ("completion", "tools", "thinking")),
     Family("qwq", (*_TOOLS, "hermes", "--reasoning-parser", "deepseek_r1"), ("completion", "tools", "thinking")),
     Family("qwen2.5", (*_TOOLS, "hermes"), ("completion", "tools")),
-    # DeepSeek-R1 (and its Qwen/Llama distills): <think> reasoning, no tool calling.
-    Family("deepseek-r1", ("--reasoning-parser", "deepseek_r1"), ("completion", "thinking")),
     Family("llama-3", (*_TOOLS, "llama3_json"), ("completion", "tools")),
     Family("llama3", (*_TOOLS, "llama3_json"), ("completion", "tools")),
     Family("mistral", (*_TOOLS, "mistral"), ("completion", "tools")),

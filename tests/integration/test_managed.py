@@ -4,6 +4,7 @@ are fake vLLM servers, so requests really go to the process the scheduler starte
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.config import from_mapping
+from proxy.managed import service
+from proxy.managed.control import Owner
 from tests.fakes.launcher import FakeLauncher
 from tests.fakes.vllm import FakeVLLM
 from tests.integration.helpers import ndjson
@@ -153,3 +156,30 @@ async def test_shutdown_stops_every_child(aiohttp_server: Any, launcher: FakeLau
         await session.post(str(server.make_url("/api/generate")), json={"model": "alpha:1b"})
     await server.close()
     assert launcher.launched and all(c.stopped for c in launcher.launched)
+
+
+async def test_several_workers_share_one_owner(aiohttp_client: Any) -> None:
+    """--workers N: the supervisor owns the scheduler; every worker asks it over the
+    control socket, so two workers asking at once start one process and agree on /api/ps."""
+    launcher = FakeLauncher(serve=True)
+    config = from_mapping({"models": MODELS, "max_loaded": 1}, "test")
+    owner = Owner(lambda: service.scheduler(config, launcher))
+    owner.start()
+    try:
+        worker_config = dataclasses.replace(config, managed_socket=owner.path)
+        workers = [await aiohttp_client(create_app(worker_config)) for _ in range(2)]
+        replies = await asyncio.gather(*(w.post("/api/chat", json=chat("alpha:1b")) for w in workers for _ in range(3)))
+        assert [r.status for r in replies] == [200] * 6 and len(launcher.launched) == 1
+        assert [await names(w, "/api/ps") for w in workers] == [["alpha:1b"], ["alpha:1b"]]
+        assert (await workers[1].post("/api/chat", json=chat("beta:1b"))).status == 200  # swaps for both
+        assert [await names(w, "/api/ps") for w in workers] == [["beta:1b"], ["beta:1b"]]
+        stop = await workers[0].post("/api/generate", json={"model": "beta:1b", "keep_alive": 0, "stream": False})
+        assert (await stop.json())["done_reason"] == "unload"
+        assert await names(workers[1], "/api/ps") == []
+        launcher.fail["org/alpha"] = "vLLM exited with code 1"
+        await workers[0].post("/api/generate", json={"model": "alpha:1b", "keep_alive": 0})  # alpha is not running
+        failed = await workers[1].post("/api/chat", json=chat("alpha:1b"))
+        assert failed.status == 500 and "CUDA out of memory" in (await failed.json())["error"]
+    finally:
+        owner.stop()
+    assert all(c.stopped for c in launcher.launched)
