@@ -19,6 +19,10 @@ def test_shipped_config_loads() -> None:
     assert config.backends[0].url == "http://127.0.0.1:8000" and config.backends[0].name == "gpu0"
     assert config.models[0].name == "llama3.1:8b" and config.models[0].served == "meta-llama/Llama-3.1-8B-Instruct"
     assert config.models[0].options == {"temperature": 0.7}
+    (managed,) = config.managed
+    assert managed.name == "qwen3:8b" and managed.launch is not None and managed.launch.model == "Qwen/Qwen3-8B"
+    assert managed.launch.gpu_share == 0.5 and managed.launch.args == ("--max-model-len", "16384")
+    assert (config.max_loaded, config.max_queue, config.queue_timeout, config.load_timeout) == (0, 512, 60, 600)
 
 
 @pytest.mark.parametrize(
