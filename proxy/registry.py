@@ -130,6 +130,6 @@ class Registry:
             size=entry.size if entry else 0,
             seen_ns=state.seen_ns.get(served, 0),
             options=dict(entry.options) if entry else {},
-            configured=bool(entry and entry.capabilities),
+            configured=bool(entry and (entry.capabilities or entry.launch)),  # a launch spec names its parsers
             fim=fim_family if "insert" in caps else None,
         )
