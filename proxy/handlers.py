@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -83,7 +84,10 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any) -> AsyncIt
     seconds = keep_alive_seconds(keep_alive)
     if route.managed:
         host = request.app[MANAGED]
+        began = time.monotonic_ns()
         lease = await host.acquire(route.facts.name, seconds)
+        if lease.started:
+            request[CONTEXT].log["model_start_ms"] = round((time.monotonic_ns() - began) / 1e6, 1)
         try:
             live = route._replace(backend=dataclasses.replace(route.backend, url=lease.url.rstrip("/")))
             registry = request.app[REGISTRY]

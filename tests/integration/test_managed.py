@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from proxy.app import create_app
 from proxy.config import from_mapping
@@ -183,3 +184,13 @@ async def test_several_workers_share_one_owner(aiohttp_client: Any) -> None:
     finally:
         owner.stop()
     assert all(c.stopped for c in launcher.launched)
+
+
+async def test_the_request_that_waited_for_the_start_logs_it(start: Start) -> None:
+    client = await start()
+    with capture_logs() as entries:
+        await client.post("/api/chat", json=chat("alpha:1b"))
+        await client.post("/api/chat", json=chat("alpha:1b"))
+    first, second = [e for e in entries if e.get("event") == "request"]
+    assert first["model_start_ms"] >= 0 and "model_start_ms" not in second
+    assert any(e["event"] == "vLLM ready" and e["model"] == "alpha:1b" for e in entries)
