@@ -56,7 +56,7 @@ class FakeVLLM:
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # vLLM takes long prompts
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/version", self._version)
@@ -72,7 +72,7 @@ class FakeVLLM:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
