@@ -47,7 +47,8 @@ async def test_one_child_per_model_across_workers_and_none_left_behind(tmp_path:
     port = free_port()
     cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(tmp_path / "c.yaml"), "--listen", f"127.0.0.1:{port}",
            "--workers", str(workers)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    log = (tmp_path / "proxy.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "OLLAMA_HOST": ""}, start_new_session=True)  # fmt: skip
     try:
         await wait_until_up(f"http://127.0.0.1:{port}/api/tags", proc)
@@ -58,15 +59,16 @@ async def test_one_child_per_model_across_workers_and_none_left_behind(tmp_path:
             assert [r.status for r in replies] == [200] * 6
             async with session.get(f"http://127.0.0.1:{port}/api/ps") as ps:
                 assert [m["name"] for m in (await ps.json())["models"]] == ["tiny:latest"]
-        assert len(fake_children(marker)) == 1
+        assert len(fake_children(marker)) == 1, (tmp_path / "proxy.log").read_text()
         proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
         proc.wait(30)
         for _ in range(150):  # the children get SIGTERM, then SIGKILL after the grace period
             if not fake_children(marker):
                 break
             await asyncio.sleep(0.1)
-        assert fake_children(marker) == []
+        assert fake_children(marker) == [], (tmp_path / "proxy.log").read_text()
     finally:
+        log.close()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         for pid in fake_children(marker):
