@@ -41,6 +41,8 @@ class Registry:
             state = BackendState(BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False))
             state.capabilities[entry.served] = entry.launch.capabilities()
             state.seen_ns[entry.served] = time.time_ns()
+            if (length := entry.launch.max_model_len()) is not None:
+                state.cards[entry.served] = {"id": entry.served, "max_model_len": length}
             self._managed[str(names.key(entry.name))] = (entry, state)
         self._routes: dict[str, Route] = {}
         self._rebuild()

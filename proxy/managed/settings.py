@@ -58,6 +58,18 @@ class LaunchSettings:
         family = families.lookup(self.model) if self.family_defaults else None
         return families.merge(family.args if family else (), self.args)
 
+    def max_model_len(self) -> int | None:
+        """``--max-model-len N`` when the arguments fix it, so listings know the context
+        before vLLM runs (vLLM serves exactly that length when it is given)."""
+        args = self.full_args()
+        for i, arg in enumerate(args):
+            value = arg.partition("=")[2] if arg.startswith("--max-model-len=") else None
+            if arg == "--max-model-len" and i + 1 < len(args):
+                value = args[i + 1]
+            if value is not None and value.isdigit():
+                return int(value)
+        return None
+
     def capabilities(self) -> tuple[str, ...]:
         return families.capabilities(self.full_args())
 

@@ -194,3 +194,9 @@ async def test_the_request_that_waited_for_the_start_logs_it(start: Start) -> No
     first, second = [e for e in entries if e.get("event") == "request"]
     assert first["model_start_ms"] >= 0 and "model_start_ms" not in second
     assert any(e["event"] == "vLLM ready" and e["model"] == "alpha:1b" for e in entries)
+
+
+async def test_a_fixed_max_model_len_is_known_before_the_model_runs(start: Start, launcher: FakeLauncher) -> None:
+    client = await start(models=[{"name": "gamma:1b", "launch": {"model": "org/gamma", "args": "--max-model-len 4096"}}])
+    show = await (await client.post("/api/show", json={"model": "gamma:1b"})).json()
+    assert show["model_info"]["unknown.context_length"] == 4096 and launcher.launched == []
