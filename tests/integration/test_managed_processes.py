@@ -73,3 +73,25 @@ async def test_one_child_per_model_across_workers_and_none_left_behind(tmp_path:
             os.killpg(proc.pid, signal.SIGKILL)
         for pid in fake_children(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_child_that_exits_at_start_answers_with_its_log(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "tests.fakes.vllm_server", "--fail"]
+    config = {"models": [{"name": "broken", "launch": {"model": "fake/broken", "command": command,
+                                                       "env": {"PYTHONPATH": str(REPO)}}}]}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(tmp_path / "c.yaml"), "--listen", f"127.0.0.1:{port}",
+           "--workers", "1"]  # fmt: skip
+    with (tmp_path / "proxy.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""})
+        try:
+            await wait_until_up(f"http://127.0.0.1:{port}/api/tags", proc)
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"http://127.0.0.1:{port}/api/generate", json={"model": "broken"}) as reply:
+                    assert reply.status == 500
+                    error = (await reply.json())["error"]
+            assert "vLLM could not start model 'broken:latest'" in error and "CUDA out of memory" in error
+        finally:
+            proc.terminate()
+            proc.wait(30)
