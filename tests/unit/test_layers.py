@@ -32,4 +32,6 @@ def test_pure_modules_import_no_io(path: Path) -> None:
 
 def test_only_backend_touches_the_http_client() -> None:
     users = {p.name for p in PROXY.rglob("*.py") if "ClientSession" in p.read_text()}
-    assert users == {"backend.py"}
+    # The launcher polls its own vLLM child's /health until it is ready: process
+    # management, not an upstream request; everything else goes through backend.py.
+    assert users == {"backend.py", "launcher.py"}
