@@ -21,6 +21,7 @@ from proxy.errors import (
     parse_backend_error,
     unreachable,
 )
+from proxy.redact import without_userinfo
 
 # vLLM closes idle keep-alive connections after 5 s (uvicorn's default,
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE; vllm-api.md §2): drop ours first.
@@ -49,9 +50,7 @@ class Upstream:
         The caller owns the response and must ``close()`` it: closing an unfinished
         response drops the connection, which is what makes vLLM abort the request.
         """
-        headers = {"Content-Type": "application/json"}
-        if backend.api_key:
-            headers["Authorization"] = f"Bearer {backend.api_key}"
+        headers = {"Content-Type": "application/json", **_auth(backend)}
         if request_id:
             headers["X-Request-Id"] = request_id
         data = orjson.dumps(body)
@@ -98,10 +97,10 @@ class Upstream:
         """A short control-plane GET (listing, health, sleep state, metrics)."""
         try:
             async with asyncio.timeout(self._timeouts.discovery):
-                async with self._session.get(f"{backend.url}{path}", headers=_auth(backend)) as response:
+                async with self._session.get(_url(backend, path), headers=_auth(backend)) as response:
                     raw = await response.read()
         except TimeoutError:
-            raise BackendTimeout(f"vLLM backend {backend.name} ({backend.url}) did not answer {path} in time") from None
+            raise BackendTimeout(f"vLLM backend {backend.name} ({backend.public_url}) did not answer {path} in time") from None
         except aiohttp.ClientError as exc:
             raise _unavailable(backend, exc) from None
         if response.status >= 400:
@@ -138,7 +137,7 @@ class Upstream:
         return True
 
     async def _send(self, backend: BackendConfig, path: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        url = f"{backend.url}{path}"
+        url = _url(backend, path)
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self._timeouts.first_byte):
@@ -163,8 +162,17 @@ _PROBE_IMAGE = (
 )
 
 
+def _url(backend: BackendConfig, path: str) -> str:
+    return without_userinfo(backend.url)[0] + path
+
+
 def _auth(backend: BackendConfig) -> dict[str, str]:
-    return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+    """The api_key as a bearer token, else the URL's user:password as Basic auth (as the
+    streaming relay sends them); aiohttp refuses a URL with credentials plus a header."""
+    if backend.api_key:
+        return {"Authorization": f"Bearer {backend.api_key}"}
+    basic = without_userinfo(backend.url)[1]
+    return {"Authorization": basic} if basic else {}
 
 
 def _payload(data: bytes) -> bytes | io.BytesIO:

@@ -27,6 +27,7 @@ from proxy.confcheck import text as _str
 from proxy.errors import BadRequest
 from proxy.managed import settings as launch_settings
 from proxy.managed.settings import LaunchSettings
+from proxy.redact import display_url, host_port, url_secrets
 from proxy.translate.common import keep_alive_seconds
 from proxy.translate.fim import TEMPLATES as FIM_TEMPLATES
 
@@ -44,14 +45,27 @@ class Timeouts:
     discovery: float = 5.0  # seconds for one GET /v1/models during discovery
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BackendConfig:
-    url: str  # base URL of a vLLM server, without /v1
+    url: str  # base URL of a vLLM server, without /v1; may hold user:password@ (never shown)
     name: str  # label used in logs, errors and model entries
     api_key: str | None = None  # sent as "Authorization: Bearer ..." to the backend
     discover: bool = True  # list the backend's /v1/models as Ollama models
     sleep_mode: bool = False  # vLLM runs with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
     sleep_level: int = 1  # 1: weights to CPU RAM (fast wake); 2: weights discarded
+
+    @property
+    def public_url(self) -> str:
+        """The URL as errors, logs, listings and metrics show it: password replaced by ***."""
+        return display_url(self.url)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never appear in any text: the URL's password and the api_key."""
+        return url_secrets(self.url) + ((self.api_key,) if self.api_key else ())
+
+    def __repr__(self) -> str:  # a traceback or debug print must not show the secrets either
+        return f"BackendConfig(name={self.name!r}, url={self.public_url!r}, api_key={'***' if self.api_key else None})"
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,10 @@ def _cli_model(value: str, vllm_args: tuple[str, ...]) -> ModelEntry:
         raise ConfigError(f"--model: {name!r} is not a valid Ollama model name")
     return ModelEntry(name=display, backend="", served=name or launch.model, launch=launch)
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every backend's secrets, for the log scrubber."""
+        return tuple(s for b in self.backends for s in b.secrets)
+
 
 def load(path: str) -> Config:
     try:
@@ -298,13 +316,13 @@ def _backend(data: Any, where: str) -> BackendConfig:
     if "url" not in data:
         raise ConfigError(f"{where}.url: missing")
     url = _str(data["url"], f"{where}.url").rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}.url: {url!r} is not an http(s) URL")
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ConfigError(f"{where}.url: {url!r} has an invalid port") from None
+        raise ConfigError(f"{where}.url: {display_url(url)!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}.url: {display_url(url)!r} is not an http(s) URL")
     if url.endswith("/v1"):
         url = url[:-3]
     api_key = _str(data["api_key"], f"{where}.api_key") if data.get("api_key") else None
@@ -315,7 +333,7 @@ def _backend(data: Any, where: str) -> BackendConfig:
             raise ConfigError(f"{where}.api_key_env: environment variable {env} is not set")
     return BackendConfig(
         url=url,
-        name=_str(data.get("name", parts.netloc), f"{where}.name"),
+        name=_str(data.get("name", host_port(url)), f"{where}.name"),  # never the userinfo
         api_key=api_key,
         discover=_bool(data.get("discover", True), f"{where}.discover"),
         sleep_mode=_bool(data.get("sleep_mode", False), f"{where}.sleep_mode"),

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from proxy.redact import display_url, scrub, url_secrets
+
 
 class ProxyError(Exception):
     status = 500
@@ -74,12 +76,25 @@ class BackendError(ProxyError):
 
 
 def unreachable(name: str, url: str, reason: str) -> BackendUnavailable:
-    """A backend that refused, reset or dropped a connection; named so operators know which."""
-    return BackendUnavailable(f"vLLM backend {name} ({url}) is unreachable: {reason}")
+    """A backend that refused, reset or dropped a connection; named so operators know which
+    (its URL without the password, which is also masked in ``reason``)."""
+    return BackendUnavailable(f"vLLM backend {name} ({display_url(url)}) is unreachable: {scrub(reason, url_secrets(url))}")
+
+
+def not_reachable(down: list[tuple[str, str, str]]) -> BackendUnavailable:
+    """A name no reachable backend serves while some backends are down, given as
+    (name, url, what discovery saw): the model may be on one of them, so this is their
+    outage (502, the text a later outage gives), not Ollama's 404 that makes clients pull."""
+    texts = []
+    for name, url, why in down:
+        texts.append(why if why.startswith(f"vLLM backend {name} (") else unreachable(name, url, why or "not listed yet").message)
+    if len(texts) == 1:
+        return BackendUnavailable(texts[0])
+    return BackendUnavailable(f"{len(texts)} vLLM backends are unreachable: " + "; ".join(texts))
 
 
 def no_first_byte(name: str, url: str, seconds: float) -> BackendTimeout:
-    return BackendTimeout(f"vLLM backend {name} ({url}) did not answer within {seconds:g} s")
+    return BackendTimeout(f"vLLM backend {name} ({display_url(url)}) did not answer within {seconds:g} s")
 
 
 def not_found(endpoint: str, model: str) -> ModelNotFound:

@@ -1,16 +1,24 @@
-"""structlog set-up: console lines on a terminal, JSON lines otherwise (for journald)."""
+"""structlog set-up: console lines on a terminal, JSON lines otherwise (for journald).
+
+Every line, ours and aiohttp's, passes a scrubber that masks the backends' passwords and
+api keys (proxy/redact.py); tracebacks never include local variables, whose reprs could
+hold a request body or a secret."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from proxy.redact import scrub, scrub_value
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
+def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] = ()) -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -19,15 +27,37 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     ]
     renderer: structlog.types.Processor
     if use_json:
-        shared.append(structlog.processors.dict_tracebacks)
+        shared.append(structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
         renderer = structlog.processors.JSONRenderer()
     else:
+        shared.append(structlog.processors.format_exc_info)
         renderer = structlog.dev.ConsoleRenderer()
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, _Scrubber(secrets), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     # aiohttp's own loggers: warnings and errors only; the canonical line replaces access logs.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_ScrubbingFormatter(secrets, "%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+class _Scrubber:
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self._secrets = secrets
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if not self._secrets:
+            return event
+        return {k: scrub_value(v, self._secrets) for k, v in event.items()}
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    def __init__(self, secrets: tuple[str, ...], fmt: str) -> None:
+        super().__init__(fmt)
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), self._secrets)

@@ -88,6 +88,11 @@ class Registry:
     def models(self) -> list[ModelFacts]:
         return [r.facts for r in self._routes.values()]
 
+    def unreachable(self) -> list[BackendState]:
+        """Backends whose models are discovered but whose last listing failed: a name
+        none of the others serves may be one of theirs."""
+        return [s for s in self._states.values() if s.config.discover and not s.up]
+
     def running_routes(self) -> list[Route]:
         return [r for r in self._routes.values() if not r.managed and self._states[r.backend.name].up]
 
@@ -121,7 +126,7 @@ class Registry:
             caps = (*caps, "insert")
         return ModelFacts(
             name=display,
-            backend_url=state.config.url,
+            backend_url=state.config.public_url,  # hashed into the digest: never the password
             served=served,
             root=root,
             max_model_len=card.get("max_model_len"),

@@ -13,7 +13,7 @@ from proxy.config import Config, split_listen
 
 
 def serve(config: Config, reuse_port: bool = False) -> int:
-    logs.configure(config.log_level, config.log_format)
+    logs.configure(config.log_level, config.log_format, config.secrets())
     host, port = split_listen(config.listen)
     try:
         web.run_app(

@@ -1,0 +1,81 @@
+"""How a backend is named wherever someone other than the backend can read it.
+
+A backend URL may carry credentials (``http://user:pass@host:8000``) and a backend may
+have an ``api_key``. Every client-visible text, log line and listing names a backend by
+``display_url`` (the password replaced by ``***``, the user kept so operators can tell
+accounts apart); ``scrub`` is the second line of defence for texts built from other
+people's strings (exception messages, tracebacks), masking any known secret in them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+MASK = "***"
+# Shorter secrets are not masked inside free text (a 2-letter password would mangle every
+# word containing it); URLs are redacted structurally whatever the password's length.
+MIN_SCRUB_LENGTH = 4
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: ``http://user:***@host:8000``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    netloc = f"{user}:{MASK}@{hostport}" if colon else f"{user}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def host_port(url: str) -> str:
+    """The URL's ``host:port`` without any userinfo (the default backend name)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def without_userinfo(url: str) -> tuple[str, str | None]:
+    """``url`` without ``user:pass@``, and the ``Authorization: Basic`` value it stood for
+    (None without userinfo): credentials then travel in a header, never in a URL that an
+    HTTP library may echo into an exception text."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=hostport)), f"Basic {token}"
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The password in ``url`` as written and percent-decoded, if any."""
+    try:
+        password = urlsplit(url).password
+        raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
+    except ValueError:
+        return ()
+    return tuple({s for s in (password, raw) if s})
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of a (long enough) secret replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SCRUB_LENGTH and secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """``scrub`` through the strings of a JSON-like value (a log event, a traceback dict)."""
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_value(v, secrets) for v in value]
+    return value
