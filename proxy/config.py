@@ -156,6 +156,10 @@ class Config:
         return replace(self, listen=chosen, backends=merged, workers=workers or self.workers, origins=origins,
                        models=(*self.models, *added), **changes)  # fmt: skip
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every backend's secrets, for the log scrubber."""
+        return tuple(s for b in self.backends for s in b.secrets)
+
 
 def _from_env(env: dict[str, str], explicit: frozenset[str]) -> dict[str, Any]:
     """Ollama's server variables, for keys the config file does not set."""
@@ -193,10 +197,6 @@ def _cli_model(value: str, vllm_args: tuple[str, ...]) -> ModelEntry:
     if names.parse(display) is None:
         raise ConfigError(f"--model: {name!r} is not a valid Ollama model name")
     return ModelEntry(name=display, backend="", served=name or launch.model, launch=launch)
-
-    def secrets(self) -> tuple[str, ...]:
-        """Every backend's secrets, for the log scrubber."""
-        return tuple(s for b in self.backends for s in b.secrets)
 
 
 def load(path: str) -> Config:

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from proxy import errors
-from proxy.registry import Route
+from proxy.registry import Registry, Route
 from proxy.state import CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
 from proxy.translate.common import keep_alive_seconds
 
@@ -58,9 +58,18 @@ async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
         await request.app[DISCOVERY].refresh_if_stale()
         route = registry.resolve(name)
     if route is None:
-        raise errors.not_found(endpoint, name)
+        raise unknown(registry, endpoint, name)
     request[CONTEXT].log["backend"] = route.backend.name
     return route
+
+
+def unknown(registry: Registry, endpoint: str, name: str) -> errors.ProxyError:
+    """Ollama's 404 only when every backend answered its listing and none serves ``name``;
+    otherwise a 502 naming the unreachable backends, so clients do not offer to pull."""
+    down = registry.unreachable()
+    if down:
+        return errors.not_reachable([(s.config.name, s.config.url, s.error) for s in down])
+    return errors.not_found(endpoint, name)
 
 
 def model_name(body: dict[str, Any], go_type: str) -> str:

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from proxy import errors
-from proxy.handlers import loaded, read_json, resolve
+from proxy.handlers import loaded, read_json, resolve, unknown
 from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
 from proxy.state import CONTEXT, REGISTRY, UPSTREAM
@@ -32,7 +32,7 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     route = request.app[REGISTRY].resolve(name)
     if route is None:
-        raise errors.ModelNotFound(f"model '{name}' not found")
+        raise unknown(request.app[REGISTRY], "openai", name)
     return json_response(models_t.to_openai_model(route.facts))
 
 

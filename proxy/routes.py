@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from proxy import errors, fastrelay, names
-from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
+from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag, unknown
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
 from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
@@ -168,6 +168,8 @@ async def pull(request: web.Request) -> web.Response:
     body = await read_json(request, "PullRequest")
     name = _required(body, "PullRequest")
     if request.app[REGISTRY].resolve(name) is None:
+        if request.app[REGISTRY].unreachable():
+            raise unknown(request.app[REGISTRY], "pull", name)
         raise errors.ModelNotFound(
             f"pull model manifest: model {name!r} is not served by any vLLM backend; start vLLM with it "
             "(--served-model-name) or map the name to a served model in config.yaml"
