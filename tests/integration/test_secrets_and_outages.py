@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,9 @@ async def test_no_password_or_api_key_in_any_reply_or_log_line(fake: FakeVLLM, t
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""})
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""}
+    )
     base = f"http://127.0.0.1:{port}"
     replies: list[tuple[str, int, str]] = []
     try:
@@ -87,7 +89,7 @@ async def test_no_password_or_api_key_in_any_reply_or_log_line(fake: FakeVLLM, t
         assert PASSWORD not in text and API_KEY not in text, what
     assert PASSWORD not in output and API_KEY not in output
     by_probe = {what: (status, text) for what, status, text in replies}
-    assert by_probe[f"POST /api/chat {({**CHAT, 'stream': False})}"][0] == 200  # credentials still reach the backend
+    assert by_probe[f"POST /api/chat { ({**CHAT, 'stream': False}) }"][0] == 200  # credentials still reach the backend
     status, text = by_probe["POST /api/show {'model': 'nowhere'}"]
     assert status == 502
     assert f"svc:***@127.0.0.1:{down.rsplit(':', 1)[1]}" in text
@@ -147,7 +149,9 @@ async def test_started_with_its_backend_down_a_name_is_502_not_404(start_proxy: 
 async def test_unknown_name_while_one_of_two_backends_is_down_names_only_the_down_one(
     start_proxy: StartProxy, fake: FakeVLLM, json_of: Any
 ) -> None:
-    base = await start_proxy(backends=[{"url": fake.url, "name": "up"}, {"url": f"http://127.0.0.1:{closed_port()}", "name": "gpu2"}])
+    base = await start_proxy(
+        backends=[{"url": fake.url, "name": "up"}, {"url": f"http://127.0.0.1:{closed_port()}", "name": "gpu2"}]
+    )
     status, reply = await json_of(base, "/api/chat", {**CHAT, "model": "elsewhere"})
     assert status == 502
     assert reply["error"].startswith("vLLM backend gpu2 (")
