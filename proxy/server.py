@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
+import structlog
 from aiohttp import web
 
 from proxy import logs
@@ -15,9 +17,11 @@ from proxy.config import Config, split_listen
 def serve(config: Config, reuse_port: bool = False) -> int:
     logs.configure(config.log_level, config.log_format, config.secrets())
     host, port = split_listen(config.listen)
+    app = create_app(config)
+    app.on_startup.append(_ignore_sighup)
     try:
         web.run_app(
-            create_app(config),
+            app,
             loop=_event_loop(config.event_loop),
             host=host,
             port=port,
@@ -33,6 +37,14 @@ def serve(config: Config, reuse_port: bool = False) -> int:
         return 1
     return 0
 
+
+async def _ignore_sighup(_: web.Application) -> None:
+    """SIGHUP will mean reload; until then it must neither kill a worker nor pass silently."""
+
+    def note() -> None:
+        structlog.get_logger("proxy.server").warning("SIGHUP: reload is not supported yet; ignoring")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, note)
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:

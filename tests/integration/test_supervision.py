@@ -1,0 +1,164 @@
+"""`serve --workers 2` as real processes: workers die with their parent, a worker that dies
+is replaced, SIGHUP changes nothing, and a worker that cannot start stops the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.fakes.vllm import FakeVLLM
+from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (workers, and anything they or the parent started)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    parents: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        parents.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"
+
+
+async def until(condition: object, timeout: float = 10.0) -> float:
+    """Poll ``condition`` (a callable) every 20 ms; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() - started < timeout, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Service:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.proc, self.port = proc, port
+        self.base = f"http://127.0.0.1:{port}"
+
+    def workers(self) -> set[int]:
+        return alive(descendants(self.proc.pid))
+
+    async def chat_ok(self) -> bool:
+        async with aiohttp.ClientSession() as session, session.post(f"{self.base}/api/chat", json=CHAT) as reply:
+            return reply.status == 200 and (await reply.json())["message"]["content"] == "Hello, world!"
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.communicate(timeout=60)[0].decode()
+
+
+def start(backend: str, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "proxy", "serve", "--backend", backend, "--listen", f"127.0.0.1:{port}",
+           "--workers", str(workers)]  # fmt: skip
+    env = {**os.environ, "OLLAMA_HOST": ""}
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture
+async def service(fake: FakeVLLM) -> AsyncIterator[Service]:
+    port = free_port()
+    proc = start(fake.url, port)
+    svc = Service(proc, port)
+    try:
+        await wait_until_up(f"{svc.base}/api/version", proc)
+        await until(lambda: len(svc.workers()) == 2)
+        yield svc
+    finally:
+        left = svc.workers()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        for pid in alive(left):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_sigkill_of_the_parent_takes_every_worker_down(service: Service) -> None:
+    workers = service.workers()
+    assert await service.chat_ok()
+    service.proc.kill()
+    took = await until(lambda: not alive(workers))
+    assert not port_open(service.port)
+    print(f"workers gone {took:.2f} s after SIGKILL of the parent")  # the figure in the README
+
+
+async def test_sighup_is_ignored_by_parent_and_workers(service: Service) -> None:
+    workers = service.workers()
+    service.proc.send_signal(signal.SIGHUP)
+    for pid in workers:
+        os.kill(pid, signal.SIGHUP)
+    for _ in range(4):
+        assert await service.chat_ok()
+    assert service.proc.poll() is None
+    assert service.workers() == workers
+    output = service.output()
+    assert output.count("SIGHUP: reload is not supported yet; ignoring") == 3, output  # parent + 2 workers
+    assert not service.workers() - workers  # and nothing new was started
+
+
+async def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(service: Service) -> None:
+    workers = service.workers()
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    await until(lambda: not alive({victim}))  # connections it had accepted are reset with it
+    assert await service.chat_ok()  # the other worker serves meanwhile
+    await until(lambda: len(service.workers()) == 2 and victim not in service.workers())
+    replaced = service.workers()
+    assert replaced - workers and replaced & workers
+    for _ in range(8):
+        assert await service.chat_ok()
+    output = service.output()
+    assert f"(pid {victim}) exited with signal SIGKILL; restarting it in 0.5 s" in output
+    assert service.proc.returncode == 0
+
+
+async def test_workers_that_cannot_listen_stop_the_service_with_exit_1(fake: FakeVLLM) -> None:
+    with socket.socket() as taken:  # bound without SO_REUSEPORT: no worker can share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start(fake.url, port)
+        try:
+            await until(lambda: proc.poll() is not None, timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        output = proc.communicate()[0].decode()
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}; stopping" in output
+    assert "restarting" not in output
