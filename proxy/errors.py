@@ -97,6 +97,12 @@ def no_first_byte(name: str, url: str, seconds: float) -> BackendTimeout:
     return BackendTimeout(f"vLLM backend {name} ({display_url(url)}) did not answer within {seconds:g} s")
 
 
+def bad_stream(detail: str) -> BackendError:
+    """A backend reply the proxy cannot read (bad JSON, an unexpected shape, broken
+    framing): a fault of the backend, so 502."""
+    return BackendError(detail, 502)
+
+
 def not_found(endpoint: str, model: str) -> ModelNotFound:
     """Ollama's exact unknown-model text for each endpoint (ollama-api.md §1.3)."""
     if endpoint in ("embed", "embeddings"):

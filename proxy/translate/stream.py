@@ -8,12 +8,14 @@ Timings are the proxy's own wall-clock measurements (see ``_metrics``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from proxy.errors import BackendError, message_from_event
+from proxy.errors import BackendError, bad_stream, message_from_event
 from proxy.translate.common import to_ollama_done_reason
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -37,32 +39,43 @@ class StreamTranslator:
     output_ids: list[int] = field(default_factory=list)
 
     def feed(self, event: bytes, created_at: str, now_ns: int) -> list[dict[str, Any]]:
+        """The Ollama objects for one SSE event. A event that is not JSON, is a vLLM error,
+        or has a shape no OpenAI-compatible server sends raises ``BackendError``."""
         try:
             data = orjson.loads(event)
         except orjson.JSONDecodeError:
-            raise BackendError(f"vLLM sent an unreadable stream event: {event[:200]!r}") from None
+            raise bad_stream(f"vLLM sent an unreadable stream event: {event[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise _unexpected(event)
         error = message_from_event(data)
         if error is not None:
             raise BackendError(error)
-        if data.get("usage"):
-            self.usage = data["usage"]
+        try:
+            return self._feed(data, created_at, now_ns)
+        except (AttributeError, KeyError, TypeError, ValueError):  # a shape not checked below
+            raise _unexpected(event) from None
+
+    def _feed(self, data: dict[str, Any], created_at: str, now_ns: int) -> list[dict[str, Any]]:
+        usage = data.get("usage")
+        if usage:
+            self.usage = _of(usage, dict)
         if data.get("prompt_token_ids"):  # chat: on the first chunk
-            self.prompt_ids = data["prompt_token_ids"]
+            self.prompt_ids = _ids(data["prompt_token_ids"])
         out = []
-        for choice in data.get("choices") or ():
+        for choice in _of(data.get("choices") or [], list):
             if self.first_ns is None:
                 self.first_ns = now_ns
-            delta = choice.get("delta") or choice.get("message") or {}
-            text = delta.get("content") or choice.get("text") or ""
-            thinking = delta.get("reasoning") or delta.get("reasoning_content") or ""
+            delta = _of(choice.get("delta") or choice.get("message") or {}, dict)
+            text = _of(delta.get("content") or choice.get("text") or "", str)
+            thinking = _of(delta.get("reasoning") or delta.get("reasoning_content") or "", str)
             if delta.get("tool_calls"):
-                self._add_tool_calls(delta["tool_calls"])
+                self._add_tool_calls(_of(delta["tool_calls"], list))
             if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                self.finish_reason = _of(choice["finish_reason"], str)
             if choice.get("prompt_token_ids"):  # completions: on the choice
-                self.prompt_ids = choice["prompt_token_ids"]
+                self.prompt_ids = _ids(choice["prompt_token_ids"])
             if choice.get("token_ids"):
-                self.output_ids += choice["token_ids"]
+                self.output_ids += _ids(choice["token_ids"])
             logprobs = to_ollama_logprobs(choice.get("logprobs"))
             if text or thinking or logprobs:
                 chunk = self.chunk(created_at, text, thinking)
@@ -73,7 +86,7 @@ class StreamTranslator:
 
     def finish(self, created_at: str, now_ns: int) -> dict[str, Any]:
         if self.finish_reason is None:
-            raise BackendError("the vLLM stream ended before the reply was complete")
+            raise bad_stream("the vLLM stream ended before the reply was complete")
         if self.finish_reason in ("abort", "error"):
             raise BackendError(f"the vLLM backend ended the request ({self.finish_reason})")
         final = self.final(created_at, self._complete_tool_calls())
@@ -95,13 +108,13 @@ class StreamTranslator:
         for position, delta in enumerate(deltas):
             index = delta.get("index")
             call = self.tool_calls.setdefault(position if index is None else index, _PartialCall())
-            call.id = call.id or delta.get("id")
-            function = delta.get("function") or {}
-            call.name += function.get("name") or ""
+            call.id = call.id or _of(delta.get("id") or "", str) or None
+            function = _of(delta.get("function") or {}, dict)
+            call.name += _of(function.get("name") or "", str)
             arguments = function.get("arguments")
             if isinstance(arguments, dict):  # non-streamed shape, already an object
                 arguments = orjson.dumps(arguments).decode()
-            call.arguments += arguments or ""
+            call.arguments += _of(arguments or "", str)
 
     def _complete_tool_calls(self) -> list[dict[str, Any]]:
         calls = []
@@ -140,10 +153,12 @@ class StreamTranslator:
             "eval_duration": max(1, now_ns - first),
         }
         if self.usage:
-            if self.usage.get("prompt_tokens"):
-                metrics["prompt_eval_count"] = int(self.usage["prompt_tokens"])
-            if self.usage.get("completion_tokens"):
-                metrics["eval_count"] = int(self.usage["completion_tokens"])
+            for source, target in (("prompt_tokens", "prompt_eval_count"), ("completion_tokens", "eval_count")):
+                count = self.usage.get(source)
+                if count:
+                    if not isinstance(count, int) or isinstance(count, bool):
+                        raise bad_stream(f"vLLM sent a usage count that is not an integer: {source}={count!r:.80}")
+                    metrics[target] = count
         return metrics
 
 
@@ -164,6 +179,22 @@ def fold(objects: list[dict[str, Any]], final: dict[str, Any], key: str) -> dict
     if logprobs:
         final["logprobs"] = logprobs  # top level, not inside message (ollama-api.md §2.4)
     return final
+
+
+def _of(value: Any, kind: type[_T]) -> _T:
+    if not isinstance(value, kind):
+        raise TypeError(kind.__name__)
+    return value
+
+
+def _ids(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(type(i) is int for i in value):
+        raise TypeError("token ids")
+    return value
+
+
+def _unexpected(event: bytes) -> BackendError:
+    return bad_stream(f"vLLM sent a stream event of an unexpected shape: {event[:200]!r}")
 
 
 def to_ollama_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
