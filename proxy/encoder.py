@@ -1,0 +1,86 @@
+"""vLLM's SSE bytes in, Ollama's reply bytes out: the one loop every generation uses.
+
+``feed(data, now_ns)`` takes the body bytes of one upstream read and returns the NDJSON
+lines to send for them (each ``{...}\\n``); ``finish(now_ns)`` returns what is left plus
+the final ``done: true`` line. With ``fold_key`` set (``stream: false``) ``feed`` returns
+nothing and ``finish`` returns the one folded JSON object instead. The streaming relay
+(``fastrelay``), the non-streaming reply (``streaming``) and the golden tests all use
+this class. Pure: no I/O; the monotonic time is passed in and ``created_at`` comes from
+the injected callable. Errors raise ``errors.ProxyError`` (mostly ``BackendError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from proxy.sse import DONE, SSEDecoder
+from proxy.translate.stream import StreamTranslator, fold
+
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+
+class Encoder:
+    __slots__ = ("_created_at", "_fold_key", "_held", "_salvage", "sse", "translator")
+
+    def __init__(self, translator: StreamTranslator, created_at: Callable[[], str], fold_key: str | None = None) -> None:
+        self.translator = translator
+        self.sse = SSEDecoder()
+        self._created_at = created_at
+        self._fold_key = fold_key  # "message" (chat) or "" (generate) for a folded reply
+        self._held: list[dict[str, Any]] = []  # folding: every chunk so far
+        self._salvage: list[dict[str, Any]] = []  # translated before an error in the same read
+
+    def feed(self, data: bytes, now_ns: int) -> bytes:
+        events = self.sse.feed(data)
+        if not events:
+            return b""
+        objects = self._translate(events, now_ns)
+        if self._fold_key is not None:
+            self._held += objects
+            return b""
+        if not objects:
+            return b""
+        return b"".join([orjson.dumps(o, option=_LINE) for o in objects])
+
+    def finish(self, now_ns: int) -> bytes:
+        """The rest of the reply once the upstream body is complete (raises if the
+        stream is not a complete reply)."""
+        objects = self._translate(self.sse.close(), now_ns)
+        try:
+            final = self.translator.finish(self._created_at(), now_ns)
+        except Exception:
+            self._salvage = objects
+            raise
+        if self._fold_key is not None:
+            return orjson.dumps(fold(self._held + objects, final, self._fold_key))
+        objects.append(final)
+        return b"".join([orjson.dumps(o, option=_LINE) for o in objects])
+
+    def _translate(self, events: list[bytes], now_ns: int) -> list[dict[str, Any]]:
+        created = self._created_at()
+        translator = self.translator
+        out: list[dict[str, Any]] = []
+        try:
+            for event in events:
+                if event != DONE:
+                    out += translator.feed(event, created, now_ns)
+        except Exception:
+            self._salvage = out
+            raise
+        return out
+
+    def salvage(self) -> bytes:
+        """After ``feed`` or ``finish`` raised: the lines for the events before the bad
+        one, which a stream still delivers ahead of its error line."""
+        objects, self._salvage = self._salvage, []
+        if self._fold_key is not None:
+            return b""
+        return b"".join([orjson.dumps(o, option=_LINE) for o in objects])
+
+
+def error_line(message: str) -> bytes:
+    """The ``{"error": ...}`` line that ends a stream which broke after its first byte."""
+    return orjson.dumps({"error": message}, option=_LINE)
