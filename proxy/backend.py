@@ -66,7 +66,14 @@ class Upstream:
     async def post_json(self, backend: BackendConfig, path: str, body: Mapping[str, Any], request_id: str = "") -> Any:
         response = await self.post(backend, path, body, request_id)
         try:
-            raw = await response.read()
+            # A JSON body follows its head at once; bounded, since aiohttp 3.14 waits for
+            # ever on a bad chunk size after the head.
+            async with asyncio.timeout(self._timeouts.idle):
+                raw = await response.read()
+        except TimeoutError:
+            raise BackendTimeout(
+                f"vLLM backend {backend.name} ({backend.url}) sent nothing for {self._timeouts.idle:g} s mid-reply"
+            ) from None
         except aiohttp.ClientError as exc:
             raise _unavailable(backend, exc) from None
         finally:

@@ -43,6 +43,7 @@ class Timeouts:
     connect: float = 10.0  # seconds to open a TCP connection to a backend
     first_byte: float = 600.0  # seconds until the backend answers with headers
     discovery: float = 5.0  # seconds for one GET /v1/models during discovery
+    idle: float = 120.0  # seconds of silence between body bytes once a backend answered
 
 
 @dataclass(frozen=True, repr=False)
@@ -305,7 +306,7 @@ def _config(data: Any, source: str) -> Config:
 
 
 def _timeouts(data: Any) -> Timeouts:
-    _require_mapping(data, "timeouts", {"connect", "first_byte", "discovery"})
+    _require_mapping(data, "timeouts", {"connect", "first_byte", "discovery", "idle"})
     return Timeouts(**{k: _positive(v, f"timeouts.{k}") for k, v in data.items()})
 
 

@@ -6,7 +6,9 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -48,6 +50,13 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
         to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
         status, body = to_wire(exc)
         record["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
+        if context.response is not None:  # the head is out: the error can only end the body
+            status = context.response.status
+            try:
+                await context.response.write_eof(_error_tail(context.response, body))
+            except ConnectionError:
+                status = 499
+            return context.response
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.ServerBusy) else None
         return json_response(body, status, headers)
     finally:
@@ -59,6 +68,14 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
             total_ms=round((time.monotonic_ns() - started) / 1e6, 1),
             **record,
         )
+
+
+def _error_tail(response: web.StreamResponse, body: dict[str, Any]) -> bytes:
+    """The last bytes of a stream that broke after its first byte: one ``{"error"}``
+    NDJSON line (Ollama), or an SSE error event and ``[DONE]`` (the OpenAI routes)."""
+    if response.content_type == "text/event-stream":
+        return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+    return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _http_exception(exc: web.HTTPException) -> web.Response:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from proxy import errors
+from proxy import errors, h1client
 from proxy.handlers import loaded, read_json, resolve, unknown
 from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
-from proxy.state import CONTEXT, REGISTRY, UPSTREAM
+from proxy.state import CONFIG, CONTEXT, REGISTRY
 from proxy.streaming import json_response
 from proxy.translate import models as models_t
 
@@ -51,13 +50,18 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 
 
 async def _forward(request: web.Request, route: Route, name: str, body: dict[str, Any]) -> web.StreamResponse:
-    upstream = await request.app[UPSTREAM].post(route.backend, request.path, body, request[CONTEXT].request_id)
+    timeouts = request.app[CONFIG].timeouts
+    upstream = await h1client.open_stream(timeouts, route.backend, request.path, body, request[CONTEXT].request_id)
     rename = _Rename(route.facts.served, name)
     if body.get("stream") is not True:
         try:
-            data = orjson.loads(await upstream.read())
+            raw = await h1client.AsyncBody(upstream).read()
         finally:
             upstream.close()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise errors.bad_stream(f"vLLM backend {route.backend.name} sent a body that is not JSON") from None
         if isinstance(data, dict) and "model" in data:
             data["model"] = name
         return json_response(data)
@@ -80,20 +84,23 @@ class _Rename:
         return event.replace(self._old, self._new, 1)
 
 
-async def _relay_sse(request: web.Request, upstream: aiohttp.ClientResponse, rename: _Rename) -> web.StreamResponse:
+async def _relay_sse(request: web.Request, upstream: h1client.UpstreamStream, rename: _Rename) -> web.StreamResponse:
+    """vLLM's events as they come, renamed. A stream that breaks (bad framing, a silent
+    or vanished backend) raises once the head is out: the middleware ends it with an
+    error event and ``[DONE]``."""
+    context = request[CONTEXT]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     decoder = SSEDecoder()
     try:
+        body = h1client.AsyncBody(upstream)
         await response.prepare(request)
-        async for data in upstream.content.iter_any():
+        context.response = response
+        async for data in body.chunks():
             events = decoder.feed(data)
-            if "ttft_ms" not in request[CONTEXT].log and events:
-                request[CONTEXT].log["ttft_ms"] = round((time.monotonic_ns() - request[CONTEXT].arrival_ns) / 1e6, 1)
+            if "ttft_ms" not in context.log and events:
+                context.log["ttft_ms"] = round((time.monotonic_ns() - context.arrival_ns) / 1e6, 1)
             if events:
                 await response.write(b"".join(b"data: " + (e if e == DONE else rename(e)) + b"\n\n" for e in events))
-    except aiohttp.ClientPayloadError as exc:
-        message = orjson.dumps({"error": {"message": f"the vLLM stream broke off: {exc}", "type": "api_error", "code": 502}})
-        await response.write(b"data: " + message + b"\n\ndata: [DONE]\n\n")
     finally:
         upstream.close()
     await response.write_eof()

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy import errors, fastrelay, names
+from proxy import errors, fastrelay, h1client, names
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag, unknown
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
@@ -221,14 +221,11 @@ async def _generate(
     translator.sent_ns = time.monotonic_ns()
     request_id = request[CONTEXT].request_id
     try:
-        if stream:  # the callback hot path: no Task wakeup per event (proxy/fastrelay.py)
-            fast = await fastrelay.open_stream(request.app[CONFIG].timeouts, route.backend, path, body, request_id)
-        else:
-            upstream = await request.app[UPSTREAM].post(route.backend, path, body, request_id)
+        upstream = await h1client.open_stream(request.app[CONFIG].timeouts, route.backend, path, body, request_id)
     except errors.BackendError as exc:
         raise _gone(exc, "generate", translator.model) from None
-    if stream:
-        return await fastrelay.relay(request, fast, translator, request.app[CLOCK])
+    if stream:  # the callback hot path: no Task wakeup per event (proxy/fastrelay.py)
+        return await fastrelay.relay(request, upstream, translator, request.app[CLOCK])
     return await collect_ollama(request, upstream, translator, request.app[CLOCK], fold_key)
 
 

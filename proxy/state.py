@@ -34,6 +34,7 @@ class RequestContext:
     arrival_ns: int  # monotonic time the request arrived
     sent_ns: int = 0  # monotonic time the upstream request was sent
     log: dict[str, Any] = field(default_factory=dict)  # fields of the canonical log line
+    response: web.StreamResponse | None = None  # a streamed response once its head is out
 
 
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -8,15 +8,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from proxy.clock import Clock
-from proxy.errors import BackendUnavailable, ProxyError
-from proxy.sse import DONE, SSEDecoder
+from proxy.encoder import Encoder
+from proxy.errors import ProxyError
+from proxy.h1client import AsyncBody, UpstreamStream
 from proxy.state import CONTEXT
-from proxy.translate.stream import StreamTranslator, fold
+from proxy.translate.stream import StreamTranslator
 
 NDJSON = "application/x-ndjson"
 _LINE = orjson.OPT_APPEND_NEWLINE
@@ -28,42 +28,28 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def collect_ollama(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    translator: StreamTranslator,
-    clock: Clock,
-    fold_key: str,
+    request: web.Request, upstream: UpstreamStream, translator: StreamTranslator, clock: Clock, fold_key: str
 ) -> web.Response:
     """A non-streaming Ollama reply (``stream: false``): vLLM's stream read to the end
-    and folded into one object, so timings are measured as for a stream. Streams go
-    through ``fastrelay``. Errors propagate (the middleware gives them a real status);
-    the upstream response is always closed, so a client that hangs up (its handler is
-    cancelled) aborts the generation in vLLM.
+    through the same ``Encoder`` as a stream, folded into one object, so timings are
+    measured as for a stream. Errors propagate (the middleware gives them a real status:
+    broken framing or a wrong-shaped event 502, a silent backend 504); the upstream is
+    always closed, so a client that hangs up (its handler is cancelled) aborts the
+    generation in vLLM.
     """
-    decoder = SSEDecoder()
-    collected: list[dict[str, Any]] = []
+    encoder = Encoder(translator, clock.created_at, fold_key)
     log = request[CONTEXT].log
     try:
-        async for data in upstream.content.iter_any():
-            now, created = time.monotonic_ns(), clock.created_at()
-            for event in decoder.feed(data):
-                if event != DONE:
-                    collected += translator.feed(event, created, now)
-        now, created = time.monotonic_ns(), clock.created_at()
-        for event in decoder.close():
-            if event != DONE:
-                collected += translator.feed(event, created, now)
-        final = translator.finish(created, now)
-    except aiohttp.ClientError as exc:
-        log["error"] = f"the vLLM stream broke off: {exc or type(exc).__name__}"
-        raise BackendUnavailable(log["error"]) from None
+        async for data in AsyncBody(upstream).chunks():
+            encoder.feed(data, time.monotonic_ns())
+        body = encoder.finish(time.monotonic_ns())
     except ProxyError as exc:
         log["error"] = exc.message
         raise
     finally:
         upstream.close()
         record_outcome(log, translator)
-    return json_response(fold(collected, final, fold_key))
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 def single_object(body: dict[str, Any], stream: bool) -> web.Response:

@@ -23,6 +23,7 @@ def test_shipped_config_loads() -> None:
     assert managed.name == "qwen3:8b" and managed.launch is not None and managed.launch.model == "Qwen/Qwen3-8B"
     assert managed.launch.gpu_share == 0.5 and managed.launch.args == ("--max-model-len", "16384")
     assert (config.max_loaded, config.max_queue, config.queue_timeout, config.load_timeout) == (0, 512, 60, 600)
+    assert config.timeouts.idle == 120.0  # documented there, with first_byte
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,7 @@ def test_shipped_config_loads() -> None:
                      id="bad port"),  # fmt: skip
         pytest.param({"refresh_interval": "soon"}, "refresh_interval: expected a positive number", id="bad type"),
         pytest.param({"timeouts": {"connect": -1}}, "timeouts.connect: expected a positive number", id="negative timeout"),
+        pytest.param({"timeouts": {"idle": 0}}, "timeouts.idle: expected a positive number", id="zero idle timeout"),
         pytest.param({"listen": "host:port"}, "listen: invalid port", id="bad listen"),
         pytest.param({"ollama_version": "latest"}, "ollama_version: 'latest' is not a numeric dotted version", id="bad version"),
         pytest.param({"log_level": "loud"}, "log_level: 'loud' is not one of", id="bad log level"),

@@ -1,0 +1,329 @@
+"""The proxy's own HTTP/1.1 client for generation requests: one POST to vLLM per
+connection, spoken by a small ``asyncio.Protocol`` that hands body bytes to a sink from
+``data_received`` (no Task wakeup per read; ``fastrelay`` relies on that).
+
+Every read is bounded: ``timeouts.first_byte`` until the response head, and then
+``timeouts.idle`` between body bytes (until the first body byte, whichever of the two
+ends later, since vLLM may send its head before prefill). Broken framing, a connection
+that drops mid-body and a silent backend all end the body with an ``errors.*``; nothing
+waits for ever. aiohttp's client is not used here: with aiohttp 3.14 a bad chunk size
+after the head leaves its payload reader waiting even after the server closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, cast
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from proxy import __version__
+from proxy.config import BackendConfig, Timeouts
+from proxy.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    ProxyError,
+    bad_stream,
+    no_first_byte,
+    parse_backend_error,
+    unreachable,
+)
+from proxy.http1 import BodyReader, read_head
+
+_MAX_ERROR_BODY = 1024 * 1024  # an error body is kept up to this size
+
+
+class Sink(Protocol):
+    def body(self, data: bytes) -> None: ...
+
+    def end(self, error: ProxyError | None) -> None: ...
+
+
+class UpstreamStream(asyncio.Protocol):
+    """One POST to vLLM on a connection of its own. ``head`` resolves when a response
+    head with status < 400 arrived; an error status fails it with the
+    ``parse_backend_error`` of the whole body. Body bytes go to the attached sink and are
+    held until it is attached."""
+
+    def __init__(self, backend: BackendConfig, timeouts: Timeouts | None = None) -> None:
+        self.backend = backend
+        self.timeouts = timeouts or Timeouts()
+        self._loop = asyncio.get_running_loop()
+        self.head: asyncio.Future[int] = self._loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.complete = False  # the whole response arrived
+        self._buffer = b""  # the response head so far
+        self._status = 0
+        self._body: BodyReader | None = None  # set once the head arrived
+        self._error_body: bytearray | None = None  # status >= 400: the body, for the error message
+        self._sink: Sink | None = None
+        self._held: list[bytes] = []
+        self._end: tuple[ProxyError | None] | None = None  # how the body ended (error or None)
+        self._last = 0.0  # loop time of the last body read (0: none yet)
+        self._quiet_until = 0.0  # before the first body byte: the deadline for it
+        self._quiet_for = 0.0  # ... and how long after the head that is
+        self._paused = False  # paused by the consumer: silence is ours, not the backend's
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._body is not None:
+            self._last = self._loop.time()
+            self._feed(self._body, data)
+            return
+        self._buffer += data
+        try:
+            head = read_head(self._buffer)
+            if head is None:
+                return
+            self._status, headers, rest = head
+            body = self._body = BodyReader(self._status, headers)
+        except ValueError as exc:
+            self._bad(str(exc))
+            return
+        self._buffer = b""
+        if self._status >= 400:
+            self._error_body = bytearray()
+        elif not self.head.done():  # not when open_stream already gave up (timeout, cancelled)
+            self.head.set_result(self._status)
+        if rest:
+            self._last = self._loop.time()
+        self._feed(body, rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        if self.complete:
+            return
+        if self._error_body is not None or (self._body is not None and self._body.ends_at_close and exc is None):
+            self._complete()  # the body ended with the connection (an error body may be cut short)
+        elif not self.head.done():
+            self.head.set_exception(self.unreachable(str(exc or "the server closed the connection without answering")))
+        else:
+            self._ended(BackendUnavailable(f"the vLLM stream broke off: {exc or 'the connection closed early'}"))
+
+    def attach(self, sink: Sink) -> None:
+        self._sink = sink
+        held, self._held = self._held, []
+        for data in held:
+            sink.body(data)
+        if self._end is not None:
+            sink.end(self._end[0])
+
+    def watch(self, first_byte_deadline: float) -> None:
+        """Bound the body's reads from now on (see the module docstring)."""
+        now = self._loop.time()
+        self._quiet_until = max(first_byte_deadline, now + self.timeouts.idle)
+        self._quiet_for = self._quiet_until - now
+        if not self.complete and self._end is None:
+            self._timer = self._loop.call_at(self._deadline(), self._check)
+
+    def pause_reading(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._last:
+            self._last = self._loop.time()
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Done with the stream: an unfinished one is dropped, which makes vLLM abort it."""
+        self._stop_timer()
+        if self.transport is not None:
+            if self.complete:
+                self.transport.close()
+            else:
+                self.transport.abort()
+
+    def _deadline(self) -> float:
+        return self._last + self.timeouts.idle if self._last else self._quiet_until
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.complete or self._end is not None:
+            return
+        now = self._loop.time()
+        if self._paused:
+            self._timer = self._loop.call_at(now + self.timeouts.idle, self._check)
+            return
+        deadline = self._deadline()
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._check)
+            return
+        waited = self.timeouts.idle if self._last else self._quiet_for
+        if self.transport is not None:
+            self.transport.abort()
+        self._ended(
+            BackendTimeout(
+                f"vLLM backend {self.backend.name} ({self.backend.public_url}) sent nothing for {waited:g} s mid-reply"
+            )
+        )
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _feed(self, body: BodyReader, data: bytes) -> None:
+        try:
+            data = body.feed(data)
+        except ValueError as exc:
+            self._bad(str(exc))
+            return
+        if data:
+            if self._error_body is not None:
+                self._error_body += data[: _MAX_ERROR_BODY - len(self._error_body)]
+            elif self._sink is not None:
+                self._sink.body(data)
+            else:
+                self._held.append(data)
+        if body.done:
+            self._complete()
+
+    def _complete(self) -> None:
+        self.complete = True
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.close()  # one request per connection
+        if self._error_body is None:
+            self._ended(None)
+        elif not self.head.done():
+            self.head.set_exception(parse_backend_error(self._status, bytes(self._error_body), self.backend.name))
+
+    def _ended(self, error: ProxyError | None) -> None:
+        if self._end is None:  # the first reason counts (a malformed body, then its connection's loss)
+            self._end = (error,)
+            self._stop_timer()
+            if self._sink is not None:
+                self._sink.end(error)
+
+    def _bad(self, reason: str) -> None:
+        message = f"vLLM backend {self.backend.name} sent a malformed HTTP response: {reason}"
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.head.done():
+            self.head.set_exception(bad_stream(message))
+        elif not self.complete:
+            self._ended(bad_stream(f"the vLLM stream broke off: {message}"))
+
+    def unreachable(self, reason: str) -> BackendUnavailable:
+        return unreachable(self.backend.name, self.backend.url, reason)
+
+
+async def open_stream(timeouts: Timeouts, backend: BackendConfig, path: str, body: Any, request_id: str = "") -> UpstreamStream:
+    """POST ``body`` to the backend and return once a response head with status < 400
+    arrived. Timeouts and errors raise the ``errors.*`` that ``backend.Upstream.post``
+    raises. The caller must attach a sink and ``close()`` the stream."""
+    url = urlsplit(f"{backend.url}{path}")
+    tls = url.scheme == "https"
+    host, port = url.hostname or "", url.port or (443 if tls else 80)
+    loop = asyncio.get_running_loop()
+    stream = UpstreamStream(backend, timeouts)
+    deadline = loop.time() + timeouts.first_byte
+    try:
+        async with asyncio.timeout(timeouts.first_byte):
+            try:
+                async with asyncio.timeout(timeouts.connect):
+                    await loop.create_connection(lambda: stream, host, port, ssl=_tls() if tls else None)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"vLLM backend {backend.name} ({backend.public_url}) did not accept a connection "
+                    f"within {timeouts.connect:g} s"
+                ) from None
+            except OSError as exc:
+                raise stream.unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
+            assert stream.transport is not None
+            data = orjson.dumps(body)
+            stream.transport.write(_request_head(url.path or "/", url.query, url.netloc, backend, len(data), request_id))
+            stream.transport.write(data)
+            await stream.head
+    except TimeoutError:
+        stream.close()
+        raise no_first_byte(backend.name, backend.url, timeouts.first_byte) from None
+    except BaseException:
+        stream.close()
+        raise
+    stream.watch(deadline)
+    return stream
+
+
+class AsyncBody:
+    """A sink read by a coroutine: ``async for data in body.chunks()`` yields the body
+    as it arrives and raises what ended it early. Past ``limit`` unread bytes the
+    upstream is paused until the reader catches up."""
+
+    def __init__(self, upstream: UpstreamStream, limit: int = 1024 * 1024) -> None:
+        self.upstream = upstream
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._end: tuple[ProxyError | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        upstream.attach(self)
+
+    def body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self._limit:
+            self.upstream.pause_reading()
+        self._wake()
+
+    def end(self, error: ProxyError | None) -> None:
+        self._end = (error,)
+        self._wake()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                data, self._chunks = b"".join(self._chunks), []
+                if self._size > self._limit:
+                    self.upstream.resume_reading()
+                self._size = 0
+                yield data
+            elif self._end is not None:
+                if self._end[0] is not None:
+                    raise self._end[0]
+                return
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+    async def read(self) -> bytes:
+        return b"".join([data async for data in self.chunks()])
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _request_head(path: str, query: str, netloc: str, backend: BackendConfig, length: int, request_id: str) -> bytes:
+    userinfo, _, hostport = netloc.rpartition("@")
+    target = f"{path}?{query}" if query else path
+    lines = [f"POST {target} HTTP/1.1", f"Host: {hostport}", "Accept: */*", f"User-Agent: ollama-vllm-proxy/{__version__}",
+             "Content-Type: application/json", f"Content-Length: {length}", "Connection: close"]  # fmt: skip
+    if backend.api_key:
+        lines.append(f"Authorization: Bearer {backend.api_key}")
+    elif userinfo:  # credentials in the backend URL, as aiohttp would send them
+        user, _, password = userinfo.partition(":")
+        lines.append("Authorization: Basic " + base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode())
+    if request_id:
+        lines.append(f"X-Request-Id: {request_id}")
+    return "\r\n".join(line.replace("\r", "").replace("\n", "") for line in lines).encode() + b"\r\n\r\n"
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    return ssl.create_default_context()  # loading the CA store takes milliseconds: once per process
