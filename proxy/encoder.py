@@ -23,7 +23,7 @@ _LINE = orjson.OPT_APPEND_NEWLINE
 
 
 class Encoder:
-    __slots__ = ("_created_at", "_fold_key", "_held", "_salvage", "sse", "translator")
+    __slots__ = ("_closed", "_created_at", "_fold_key", "_held", "_salvage", "sse", "translator")
 
     def __init__(self, translator: StreamTranslator, created_at: Callable[[], str], fold_key: str | None = None) -> None:
         self.translator = translator
@@ -32,6 +32,7 @@ class Encoder:
         self._fold_key = fold_key  # "message" (chat) or "" (generate) for a folded reply
         self._held: list[dict[str, Any]] = []  # folding: every chunk so far
         self._salvage: list[dict[str, Any]] = []  # translated before an error in the same read
+        self._closed: list[dict[str, Any]] | None = None  # what ``close`` translated
 
     def feed(self, data: bytes, now_ns: int) -> bytes:
         events = self.sse.feed(data)
@@ -45,10 +46,17 @@ class Encoder:
             return b""
         return b"".join([orjson.dumps(o, option=_LINE) for o in objects])
 
+    def close(self, now_ns: int) -> None:
+        """The upstream body is complete: translate an event it left unterminated, so
+        the translator's state is final before ``finish``."""
+        if self._closed is None:
+            self._closed = self._translate(self.sse.close(), now_ns)
+
     def finish(self, now_ns: int) -> bytes:
         """The rest of the reply once the upstream body is complete (raises if the
         stream is not a complete reply)."""
-        objects = self._translate(self.sse.close(), now_ns)
+        self.close(now_ns)
+        objects, self._closed = self._closed or [], []
         try:
             final = self.translator.finish(self._created_at(), now_ns)
         except Exception:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -136,12 +137,19 @@ class _Relay:
             self._waiter.set_result(None)
 
 
-async def relay(request: web.Request, upstream: UpstreamStream, translator: StreamTranslator, clock: Clock) -> web.StreamResponse:
+async def relay(
+    request: web.Request,
+    upstream: UpstreamStream,
+    translator: StreamTranslator,
+    clock: Clock,
+    before_final: Callable[[], Awaitable[None]] | None = None,
+) -> web.StreamResponse:
     """Relay one opened vLLM stream to the client as Ollama NDJSON. The upstream is
     always closed on the way out, so a client that hangs up (or a cancelled handler)
     aborts the generation in vLLM. Whatever goes wrong after the first client byte is
     raised once the lines translated before it are written: the middleware then ends the
-    body with one ``{"error"}`` line (and logs the 200 the client got)."""
+    body with one ``{"error"}`` line (and logs the 200 the client got). ``before_final``
+    runs once the upstream body is complete, before the final line is made."""
     context = request[CONTEXT]
     sink = _Relay(upstream, Encoder(translator, clock.created_at))
     try:
@@ -162,6 +170,9 @@ async def relay(request: web.Request, upstream: UpstreamStream, translator: Stre
         try:
             if sink.error is not None:
                 raise sink.error
+            sink.encoder.close(time.monotonic_ns())
+            if before_final is not None:
+                await before_final()
             tail = sink.encoder.finish(time.monotonic_ns())
         except Exception:
             sink.out.append(sink.encoder.salvage())

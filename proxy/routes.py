@@ -4,6 +4,7 @@ call → respond)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,12 @@ from proxy.translate import embed as embed_t
 from proxy.translate import models as models_t
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
 from proxy.translate.common import keep_alive_seconds
-from proxy.translate.generate import GenerateStreamTranslator, to_openai_generate_request, to_openai_tokenize_request
+from proxy.translate.generate import (
+    GenerateStreamTranslator,
+    to_openai_context_tokenize_request,
+    to_openai_generate_request,
+    to_openai_tokenize_request,
+)
 from proxy.translate.stream import StreamTranslator
 
 routes = web.RouteTableDef()
@@ -114,9 +120,17 @@ async def generate(request: web.Request) -> web.StreamResponse:
         path, translated = to_openai_generate_request(
             body, facts.served, facts.options, facts.max_model_len, context_ids, facts.fim
         )
-        with_context = path == "/v1/chat/completions" or bool(context_ids)
+        with_context = not body.get("raw") and not body.get("suffix")
         translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=with_context)
-        return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "")
+        sent_ids = translated.body["prompt"] if path == "/v1/completions" and with_context else None
+
+        async def tokenize_context() -> None:
+            if translator.missing_context:
+                output = "".join(translator.output_text)
+                translator.set_context(await _tokenized_context(request, route, body, output, sent_ids))
+
+        return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "",
+                               tokenize_context)  # fmt: skip
 
 
 @routes.post("/api/embed")
@@ -215,6 +229,7 @@ async def _generate(
     translator: StreamTranslator,
     stream: bool,
     fold_key: str,
+    before_final: Callable[[], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
     if dropped:
         log.debug("fields not sent to vLLM", dropped=dropped)
@@ -225,8 +240,26 @@ async def _generate(
     except errors.BackendError as exc:
         raise _gone(exc, "generate", translator.model) from None
     if stream:  # the callback hot path: no Task wakeup per event (proxy/fastrelay.py)
-        return await fastrelay.relay(request, upstream, translator, request.app[CLOCK])
-    return await collect_ollama(request, upstream, translator, request.app[CLOCK], fold_key)
+        return await fastrelay.relay(request, upstream, translator, request.app[CLOCK], before_final)
+    return await collect_ollama(request, upstream, translator, request.app[CLOCK], fold_key, before_final)
+
+
+async def _tokenized_context(
+    request: web.Request, route: Route, body: dict[str, Any], output: str, sent_ids: list[int] | None
+) -> list[int]:
+    """``context`` from vLLM's ``/tokenize`` when the reply carried no token ids; an
+    empty list (logged) if that fails too, since clients expect the field."""
+    tokenize = to_openai_context_tokenize_request(body, route.facts.served, output, sent_ids)
+    try:
+        tokenized = await request.app[UPSTREAM].post_json(route.backend, "/tokenize", tokenize, request[CONTEXT].request_id)
+    except errors.ProxyError as exc:
+        request[CONTEXT].log["context_error"] = exc.message
+        return []
+    tokens = tokenized.get("tokens") if isinstance(tokenized, dict) else None
+    if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+        request[CONTEXT].log["context_error"] = "vLLM's /tokenize answered without token ids"
+        return []
+    return [*(sent_ids or ()), *tokens]
 
 
 async def _call_embeddings(request: web.Request, route: Route, body: dict[str, Any], strict: bool) -> Any:

@@ -6,6 +6,7 @@ through ``fastrelay``. Nothing is logged per token.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,7 +29,12 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def collect_ollama(
-    request: web.Request, upstream: UpstreamStream, translator: StreamTranslator, clock: Clock, fold_key: str
+    request: web.Request,
+    upstream: UpstreamStream,
+    translator: StreamTranslator,
+    clock: Clock,
+    fold_key: str,
+    before_final: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Response:
     """A non-streaming Ollama reply (``stream: false``): vLLM's stream read to the end
     through the same ``Encoder`` as a stream, folded into one object, so timings are
@@ -42,6 +48,9 @@ async def collect_ollama(
     try:
         async for data in AsyncBody(upstream).chunks():
             encoder.feed(data, time.monotonic_ns())
+        encoder.close(time.monotonic_ns())
+        if before_final is not None:
+            await before_final()
         body = encoder.finish(time.monotonic_ns())
     except ProxyError as exc:
         log["error"] = exc.message

@@ -84,6 +84,20 @@ def to_openai_tokenize_request(request: Mapping[str, Any], served: str) -> dict[
             "add_generation_prompt": True}  # fmt: skip
 
 
+def to_openai_context_tokenize_request(
+    request: Mapping[str, Any], served: str, output: str, prompt_ids: list[int] | None
+) -> dict[str, Any]:
+    """vLLM ``/tokenize`` for the ``context`` of a reply whose backend sent no token ids
+    (older vLLM, or a router that drops them). Templated: the turn and the reply rendered
+    by the chat template, the reply left open (``continue_final_message``), i.e. the
+    rendered prompt followed by the output. With ``prompt_ids`` (the request sent ids):
+    the output text alone, to append to them."""
+    if prompt_ids is not None:
+        return {"model": served, "prompt": output, "add_special_tokens": False}
+    messages = [*to_openai_messages(_turn(request, request.get("prompt") or "")), {"role": "assistant", "content": output}]
+    return {"model": served, "messages": messages, "add_generation_prompt": False, "continue_final_message": True}
+
+
 def _turn(request: Mapping[str, Any], prompt: str) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if request.get("system"):

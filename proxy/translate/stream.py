@@ -37,6 +37,7 @@ class StreamTranslator:
     context: bool = False  # generate: return prompt + output token ids as `context`
     prompt_ids: list[int] | None = None  # from vLLM's return_token_ids
     output_ids: list[int] = field(default_factory=list)
+    output_text: list[str] = field(default_factory=list)  # kept only while ids are missing
 
     def feed(self, event: bytes, created_at: str, now_ns: int) -> list[dict[str, Any]]:
         """The Ollama objects for one SSE event. A event that is not JSON, is a vLLM error,
@@ -77,6 +78,8 @@ class StreamTranslator:
             if choice.get("token_ids"):
                 self.output_ids += _ids(choice["token_ids"])
             logprobs = to_ollama_logprobs(choice.get("logprobs"))
+            if text and self.context and self.prompt_ids is None:
+                self.output_text.append(text)  # for /tokenize, if no ids come at all
             if text or thinking or logprobs:
                 chunk = self.chunk(created_at, text, thinking)
                 if logprobs:
@@ -91,10 +94,19 @@ class StreamTranslator:
             raise BackendError(f"the vLLM backend ended the request ({self.finish_reason})")
         final = self.final(created_at, self._complete_tool_calls())
         final["done_reason"] = to_ollama_done_reason(self.finish_reason)
-        if self.context and self.prompt_ids is not None:
-            final["context"] = self.prompt_ids + self.output_ids
+        if self.context:  # always there for a templated generate; [] when no ids could be had
+            final["context"] = [] if self.prompt_ids is None else self.prompt_ids + self.output_ids
         final.update(self._metrics(now_ns))
         return final
+
+    @property
+    def missing_context(self) -> bool:
+        """The reply should carry ``context`` but vLLM sent no token ids."""
+        return self.context and self.prompt_ids is None
+
+    def set_context(self, ids: list[int]) -> None:
+        """``context`` from elsewhere (vLLM's ``/tokenize``): prompt and output ids."""
+        self.prompt_ids, self.output_ids = ids, []
 
     def chunk(self, created_at: str, text: str, thinking: str) -> dict[str, Any]:
         raise NotImplementedError

@@ -195,6 +195,21 @@ def test_generate_context_is_prompt_ids_then_output_ids() -> None:
     assert final["context"] == [1, 2, 7, 8]
 
 
-def test_no_context_without_token_ids() -> None:
-    _, final = run(GenerateStreamTranslator("tiny", 0, context=True), [delta(content="x"), finish("stop")])
+def test_without_token_ids_context_is_an_empty_list_and_the_text_is_kept_for_tokenize() -> None:
+    translator = GenerateStreamTranslator("tiny", 0, context=True)
+    _, final = run(translator, [delta(content="x"), delta(content="y"), finish("stop")])
+    assert final["context"] == []
+    assert translator.missing_context and translator.output_text == ["x", "y"]
+
+
+def test_context_set_from_tokenize_replaces_the_missing_ids() -> None:
+    translator = GenerateStreamTranslator("tiny", 0, context=True)
+    translator.feed(delta(content="x"), T, 1)
+    translator.feed(finish("stop"), T, 2)
+    translator.set_context([5, 6, 7])
+    assert not translator.missing_context and translator.finish(T, 3)["context"] == [5, 6, 7]
+
+
+def test_raw_generate_has_no_context() -> None:
+    _, final = run(GenerateStreamTranslator("tiny", 0), [delta(content="x"), finish("stop")])
     assert "context" not in final
