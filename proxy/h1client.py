@@ -160,14 +160,13 @@ class UpstreamStream(asyncio.Protocol):
         if now < deadline:
             self._timer = self._loop.call_at(deadline, self._check)
             return
-        waited = self.timeouts.idle if self._last else self._quiet_for
         if self.transport is not None:
             self.transport.abort()
-        self._ended(
-            BackendTimeout(
-                f"vLLM backend {self.backend.name} ({self.backend.public_url}) sent nothing for {waited:g} s mid-reply"
-            )
-        )
+        name = f"vLLM backend {self.backend.name} ({self.backend.url})"
+        if self._last:
+            self._ended(BackendTimeout(f"{name} sent nothing for {self.timeouts.idle:g} s mid-reply"))
+        else:
+            self._ended(BackendTimeout(f"{name} sent its response head but no body within {round(self._quiet_for, 1):g} s"))
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -237,8 +236,7 @@ async def open_stream(timeouts: Timeouts, backend: BackendConfig, path: str, bod
                     await loop.create_connection(lambda: stream, host, port, ssl=_tls() if tls else None)
             except TimeoutError:
                 raise BackendTimeout(
-                    f"vLLM backend {backend.name} ({backend.public_url}) did not accept a connection "
-                    f"within {timeouts.connect:g} s"
+                    f"vLLM backend {backend.name} ({backend.url}) did not accept a connection within {timeouts.connect:g} s"
                 ) from None
             except OSError as exc:
                 raise stream.unreachable(exc.strerror or str(exc) or type(exc).__name__) from None

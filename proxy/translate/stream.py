@@ -59,7 +59,7 @@ class StreamTranslator:
     def _feed(self, data: dict[str, Any], created_at: str, now_ns: int) -> list[dict[str, Any]]:
         usage = data.get("usage")
         if usage:
-            self.usage = _of(usage, dict)
+            self.usage = _usage(usage)
         if data.get("prompt_token_ids"):  # chat: on the first chunk
             self.prompt_ids = _ids(data["prompt_token_ids"])
         out = []
@@ -165,12 +165,10 @@ class StreamTranslator:
             "eval_duration": max(1, now_ns - first),
         }
         if self.usage:
-            for source, target in (("prompt_tokens", "prompt_eval_count"), ("completion_tokens", "eval_count")):
-                count = self.usage.get(source)
-                if count:
-                    if not isinstance(count, int) or isinstance(count, bool):
-                        raise bad_stream(f"vLLM sent a usage count that is not an integer: {source}={count!r:.80}")
-                    metrics[target] = count
+            if self.usage.get("prompt_tokens"):
+                metrics["prompt_eval_count"] = self.usage["prompt_tokens"]
+            if self.usage.get("completion_tokens"):
+                metrics["eval_count"] = self.usage["completion_tokens"]
         return metrics
 
 
@@ -197,6 +195,15 @@ def _of(value: Any, kind: type[_T]) -> _T:
     if not isinstance(value, kind):
         raise TypeError(kind.__name__)
     return value
+
+
+def _usage(value: Any) -> dict[str, Any]:
+    usage = _of(value, dict)
+    for key in ("prompt_tokens", "completion_tokens"):
+        count = usage.get(key)
+        if count is not None and type(count) is not int:
+            raise TypeError(key)
+    return usage
 
 
 def _ids(value: Any) -> list[int]:
