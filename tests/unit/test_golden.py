@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proxy import errors
-from proxy.sse import DONE, SSEDecoder
+from proxy.encoder import Encoder
 from proxy.translate.chat import ChatStreamTranslator
 from proxy.translate.generate import GenerateStreamTranslator
 from proxy.translate.stream import StreamTranslator
@@ -40,14 +40,22 @@ def reference(name: str) -> tuple[str, str | None, dict[str, Any] | None, list[d
 
 
 def translate(name: str, translator: StreamTranslator, step: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The capture through the relays' own ``Encoder``, in reads of ``step`` bytes."""
     raw = (CAPTURES / name).read_bytes()
-    decoder = SSEDecoder()
-    out = []
+    encoder = Encoder(translator, lambda: T)
     pieces = [raw[i : i + step] for i in range(0, len(raw), step)]
-    for n, piece in enumerate(pieces):
-        out += [o for e in decoder.feed(piece) if e != DONE for o in translator.feed(e, T, 10 + n)]
-    out += [o for e in decoder.close() if e != DONE for o in translator.feed(e, T, 10 + len(pieces))]
-    return out, translator.finish(T, 20 + len(pieces))
+    ndjson = b"".join(encoder.feed(piece, 10 + n) for n, piece in enumerate(pieces)) + encoder.finish(20 + len(pieces))
+    assert ndjson.endswith(b"\n")
+    *out, final = [json.loads(line) for line in ndjson.splitlines()]
+    return out, final
+
+
+def fold_capture(name: str, translator: StreamTranslator, key: str) -> dict[str, Any]:
+    """The same capture as a ``stream: false`` reply: the encoder in its folding mode."""
+    encoder = Encoder(translator, lambda: T, key)
+    assert encoder.feed((CAPTURES / name).read_bytes(), 10) == b""
+    folded: dict[str, Any] = json.loads(encoder.finish(20))
+    return folded
 
 
 @pytest.mark.parametrize("step", [1, 7, 64, 100_000], ids=lambda s: f"reads of {s} bytes")
@@ -70,6 +78,8 @@ def test_text_streams(capture: str, kind: str, done_reason: str, step: int) -> N
     if usage:
         assert final["eval_count"] == usage["completion_tokens"]
         assert final["prompt_eval_count"] == usage["prompt_tokens"]
+    folded = fold_capture(capture, type(translator)("tiny", 0), "message" if kind == "chat" else "")
+    assert key(folded) == text and folded["done_reason"] == done_reason
 
 
 def test_streamed_tool_call_arrives_whole_with_object_arguments() -> None:

@@ -213,3 +213,68 @@ def test_context_set_from_tokenize_replaces_the_missing_ids() -> None:
 def test_raw_generate_has_no_context() -> None:
     _, final = run(GenerateStreamTranslator("tiny", 0), [delta(content="x"), finish("stop")])
     assert "context" not in final
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(b"[1,2]", id="a list"),
+        pytest.param(b"null", id="null"),
+        pytest.param(ev({"choices": {"index": 0}}), id="choices an object"),
+        pytest.param(ev({"choices": 3}), id="choices a number"),
+        pytest.param(ev({"choices": [{"delta": "x"}]}), id="delta a string"),
+        pytest.param(ev({"choices": [{"delta": {"reasoning": 1}}]}), id="reasoning a number"),
+        pytest.param(ev({"choices": [{"delta": {"tool_calls": [{"id": 3}]}}]}), id="tool call id a number"),
+        pytest.param(ev({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": 4}}]}}]}), id="arguments a number"),
+        pytest.param(ev({"choices": [{"delta": {}, "token_ids": [1, "2"]}]}), id="token ids not integers"),
+        pytest.param(ev({"choices": [], "usage": ["x"]}), id="usage a list"),
+        pytest.param(ev({"choices": [], "usage": {"completion_tokens": True}}), id="usage count a bool"),
+    ],
+)
+def test_wrong_shapes_are_a_backend_protocol_error(event: bytes) -> None:
+    with pytest.raises(BackendError, match="unexpected shape") as info:
+        chat().feed(event, T, 1)
+    assert info.value.status == 502
+
+
+def test_unreadable_event_is_a_backend_protocol_error() -> None:
+    with pytest.raises(BackendError, match="unreadable stream event") as info:
+        chat().feed(b"{nope", T, 1)
+    assert info.value.status == 502
+
+
+def test_the_base_translator_leaves_the_object_shapes_to_subclasses() -> None:
+    from proxy.translate.stream import StreamTranslator
+
+    with pytest.raises(NotImplementedError):
+        StreamTranslator("x", 0).chunk(T, "a", "")
+    with pytest.raises(NotImplementedError):
+        StreamTranslator("x", 0).final(T, [])
+
+
+def test_object_arguments_and_a_call_without_id() -> None:
+    call = {"index": 0, "function": {"name": "f", "arguments": {"a": 1}}}
+    _, final = run(chat(), [delta(tool_calls=[call]), finish("tool_calls")])
+    assert final["message"]["tool_calls"] == [{"function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]
+
+
+def test_usage_with_only_a_completion_count() -> None:
+    _, final = run(chat(), [delta(content="x"), finish("stop"), ev({"choices": [], "usage": {"completion_tokens": 1}})])
+    assert final["eval_count"] == 1 and "prompt_eval_count" not in final
+
+
+def test_logprobs_without_alternatives() -> None:
+    chat_lp = {"content": [{"token": "a", "logprob": -1.0}]}
+    out, _ = run(chat(), [ev({"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": chat_lp}]}), finish("stop")])
+    assert out[0]["logprobs"] == [{"token": "a", "logprob": -1.0, "bytes": [97]}]
+    raw_lp = {"tokens": ["a"], "token_logprobs": [None], "top_logprobs": [None]}
+    raw_event = ev({"choices": [{"index": 0, "text": "a", "logprobs": raw_lp}]})
+    out, _ = run(GenerateStreamTranslator("tiny", 0), [raw_event, finish("stop")])
+    assert out[0]["logprobs"] == [{"token": "a", "logprob": -9999.0, "bytes": [97]}]
+
+
+def test_completions_context_comes_from_the_choice_and_usage_may_lack_the_output_count() -> None:
+    translator = GenerateStreamTranslator("tiny", 0, context=True)
+    first = ev({"choices": [{"index": 0, "text": "a", "prompt_token_ids": [1], "token_ids": [5]}]})
+    _, final = run(translator, [first, finish("stop"), ev({"choices": [], "usage": {"prompt_tokens": 2}})])
+    assert final["context"] == [1, 5] and final["prompt_eval_count"] == 2 and "eval_count" not in final
