@@ -312,3 +312,27 @@ async def test_generate_with_token_ids_does_not_call_tokenize(proxy_url: str, ra
     reply = await send(proxy_url, "/api/generate", GENERATE)
     assert reply.lines()[-1]["context"] == [1, 2, 7]
     assert raw.bodies("/tokenize") == []
+
+
+# -- any exception after the first byte --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body", "key"), ROUTES)
+async def test_a_proxy_bug_after_the_first_byte_still_ends_with_one_error_line(
+    proxy_url: str, raw: RawBackend, logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+    path: str, body: dict[str, Any], key: str,
+) -> None:  # fmt: skip
+    from proxy.translate.stream import StreamTranslator
+
+    def broken_finish(self: StreamTranslator, created_at: str, now_ns: int) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(StreamTranslator, "finish", broken_finish)
+    raw.script[CHAT] = [SSE_HEAD, chunk(sse(ROLE, HELLO)), 0.02, chunk(sse(STOP, USAGE, b"[DONE]")), END]
+    reply = await send(proxy_url, path, body)
+    assert reply.status == 200
+    *chunks, last = reply.lines()
+    assert [text_of(c, key) for c in chunks] == ["Hello"]
+    assert last == {"error": "internal error: RuntimeError"}
+    line = one_log_line(logs)
+    assert line["status"] == 200 and line["error"] == "internal error: RuntimeError"
