@@ -42,8 +42,8 @@ class Encoder:
         if self._fold_key is not None:
             self._held += objects
             return b""
-        if not objects:
-            return b""
+        if len(objects) == 1:  # the usual read: one token
+            return orjson.dumps(objects[0], option=_LINE)
         return b"".join([orjson.dumps(o, option=_LINE) for o in objects])
 
     def close(self, now_ns: int) -> None:

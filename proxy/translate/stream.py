@@ -16,6 +16,7 @@ from proxy.errors import BackendError, bad_stream, message_from_event
 from proxy.translate.common import to_ollama_done_reason
 
 _T = TypeVar("_T")
+_NO_DELTA: dict[str, Any] = {}  # read only
 
 
 @dataclass
@@ -51,41 +52,43 @@ class StreamTranslator:
         error = message_from_event(data)
         if error is not None:
             raise BackendError(error)
+        # Wrong shapes surface as the errors below, checked once here rather than per field:
+        # e.g. a `choices` or `delta` that is not an object has no `.get`. Values that are
+        # kept or sent on are type-checked where they are read.
         try:
-            return self._feed(data, created_at, now_ns)
-        except (AttributeError, KeyError, TypeError, ValueError):  # a shape not checked below
+            usage = data.get("usage")
+            if usage:
+                self.usage = _usage(usage)
+            if data.get("prompt_token_ids"):  # chat: on the first chunk
+                self.prompt_ids = _ids(data["prompt_token_ids"])
+            out = []
+            for choice in data.get("choices") or ():
+                if self.first_ns is None:
+                    self.first_ns = now_ns
+                delta = choice.get("delta") or choice.get("message") or _NO_DELTA
+                text = delta.get("content") or choice.get("text") or ""
+                thinking = delta.get("reasoning") or delta.get("reasoning_content") or ""
+                if type(text) is not str or type(thinking) is not str:
+                    raise TypeError("text")
+                if delta.get("tool_calls"):
+                    self._add_tool_calls(_of(delta["tool_calls"], list))
+                if choice.get("finish_reason"):
+                    self.finish_reason = _of(choice["finish_reason"], str)
+                if choice.get("prompt_token_ids"):  # completions: on the choice
+                    self.prompt_ids = _ids(choice["prompt_token_ids"])
+                if choice.get("token_ids"):
+                    self.output_ids += _ids(choice["token_ids"])
+                logprobs = to_ollama_logprobs(choice.get("logprobs"))
+                if text and self.context and self.prompt_ids is None:
+                    self.output_text.append(text)  # for /tokenize, if no ids come at all
+                if text or thinking or logprobs:
+                    chunk = self.chunk(created_at, text, thinking)
+                    if logprobs:
+                        chunk["logprobs"] = logprobs
+                    out.append(chunk)
+            return out
+        except (AttributeError, KeyError, TypeError, ValueError):
             raise _unexpected(event) from None
-
-    def _feed(self, data: dict[str, Any], created_at: str, now_ns: int) -> list[dict[str, Any]]:
-        usage = data.get("usage")
-        if usage:
-            self.usage = _usage(usage)
-        if data.get("prompt_token_ids"):  # chat: on the first chunk
-            self.prompt_ids = _ids(data["prompt_token_ids"])
-        out = []
-        for choice in _of(data.get("choices") or [], list):
-            if self.first_ns is None:
-                self.first_ns = now_ns
-            delta = _of(choice.get("delta") or choice.get("message") or {}, dict)
-            text = _of(delta.get("content") or choice.get("text") or "", str)
-            thinking = _of(delta.get("reasoning") or delta.get("reasoning_content") or "", str)
-            if delta.get("tool_calls"):
-                self._add_tool_calls(_of(delta["tool_calls"], list))
-            if choice.get("finish_reason"):
-                self.finish_reason = _of(choice["finish_reason"], str)
-            if choice.get("prompt_token_ids"):  # completions: on the choice
-                self.prompt_ids = _ids(choice["prompt_token_ids"])
-            if choice.get("token_ids"):
-                self.output_ids += _ids(choice["token_ids"])
-            logprobs = to_ollama_logprobs(choice.get("logprobs"))
-            if text and self.context and self.prompt_ids is None:
-                self.output_text.append(text)  # for /tokenize, if no ids come at all
-            if text or thinking or logprobs:
-                chunk = self.chunk(created_at, text, thinking)
-                if logprobs:
-                    chunk["logprobs"] = logprobs
-                out.append(chunk)
-        return out
 
     def finish(self, created_at: str, now_ns: int) -> dict[str, Any]:
         if self.finish_reason is None:
