@@ -72,7 +72,7 @@ class Upstream:
                 raw = await response.read()
         except TimeoutError:
             raise BackendTimeout(
-                f"vLLM backend {backend.name} ({backend.url}) sent nothing for {self._timeouts.idle:g} s mid-reply"
+                f"vLLM backend {backend.name} ({backend.public_url}) sent nothing for {self._timeouts.idle:g} s mid-reply"
             ) from None
         except aiohttp.ClientError as exc:
             raise _unavailable(backend, exc) from None

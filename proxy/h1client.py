@@ -162,7 +162,7 @@ class UpstreamStream(asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.abort()
-        name = f"vLLM backend {self.backend.name} ({self.backend.url})"
+        name = f"vLLM backend {self.backend.name} ({self.backend.public_url})"
         if self._last:
             self._ended(BackendTimeout(f"{name} sent nothing for {self.timeouts.idle:g} s mid-reply"))
         else:
@@ -236,7 +236,8 @@ async def open_stream(timeouts: Timeouts, backend: BackendConfig, path: str, bod
                     await loop.create_connection(lambda: stream, host, port, ssl=_tls() if tls else None)
             except TimeoutError:
                 raise BackendTimeout(
-                    f"vLLM backend {backend.name} ({backend.url}) did not accept a connection within {timeouts.connect:g} s"
+                    f"vLLM backend {backend.name} ({backend.public_url}) did not accept a connection "
+                    f"within {timeouts.connect:g} s"
                 ) from None
             except OSError as exc:
                 raise stream.unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
