@@ -10,6 +10,7 @@ from aiohttp import web
 
 from proxy import openai_routes, routes
 from proxy.backend import Upstream, create_session
+from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.cors import Cors
@@ -20,9 +21,6 @@ from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
 from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, UPSTREAM
-
-# Ollama takes large bodies (base64 images, long contexts); aiohttp's default is 1 MiB.
-MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 def create_app(config: Config, launcher: Launcher | None = None) -> web.Application:

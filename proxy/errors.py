@@ -4,6 +4,7 @@
 
     ProxyError                 500  anything unexpected
     ├── BadRequest             400  malformed JSON, wrong field types, invalid values
+    ├── PayloadTooLarge        413  a body over the size limit, on the wire or inflated
     ├── ModelNotFound          404  no backend serves the name (text differs per endpoint)
     ├── NotSupported           501  Ollama features vLLM has no equivalent for
     ├── ServerBusy             503  in-flight cap reached or no room for a managed model (Retry-After)
@@ -38,6 +39,10 @@ class ProxyError(Exception):
 
 class BadRequest(ProxyError):
     status = 400
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
 
 
 class ModelNotFound(ProxyError):
@@ -116,7 +121,7 @@ def to_ollama_error(exc: BaseException) -> tuple[int, dict[str, str]]:
     return 500, {"error": f"internal error: {type(exc).__name__}"}
 
 
-_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 501: "not_implemented_error",
+_OPENAI_TYPES = {400: "invalid_request_error", 413: "invalid_request_error", 404: "not_found_error", 501: "not_implemented_error",
                  503: "service_unavailable_error"}  # fmt: skip
 
 

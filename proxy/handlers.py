@@ -8,10 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from proxy import errors
+from proxy.body import parse_json, read_body
 from proxy.registry import Registry, Route
 from proxy.state import CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
 from proxy.translate.common import keep_alive_seconds
@@ -20,13 +20,10 @@ from proxy.translate.common import keep_alive_seconds
 async def read_json(request: web.Request, go_type: str) -> dict[str, Any]:
     """The body as JSON whatever the Content-Type (``curl -d`` sends form-encoded);
     errors are 400s with Go's wording, never 422 (ollama-api.md §1.1)."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         raise errors.BadRequest("missing request body")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise errors.BadRequest(f"invalid JSON: {exc}") from None
+    body = parse_json(raw)
     if body is None:
         return {}  # Go decodes `null` into an empty request
     if not isinstance(body, dict):
