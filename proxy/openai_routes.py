@@ -40,6 +40,11 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise errors.BadRequest("model is required")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        # vLLM would coerce "true" or 1 and stream while the proxy waits for one JSON body.
+        kind = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "an object"}[type(stream)]
+        raise errors.BadRequest(f"Invalid type for 'stream': expected a boolean, but got {kind} instead.")
     request[CONTEXT].log["model"] = name
     route = await resolve(request, name, "openai")
     body["model"] = route.facts.served

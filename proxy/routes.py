@@ -18,6 +18,7 @@ from proxy.registry import Route
 from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
 from proxy.streaming import collect_ollama, json_response, single_object
 from proxy.translate import embed as embed_t
+from proxy.translate import fields
 from proxy.translate import models as models_t
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
 from proxy.translate.common import keep_alive_seconds
@@ -70,6 +71,7 @@ async def ps(request: web.Request) -> web.Response:
 @routes.post("/api/show")
 async def show(request: web.Request) -> web.Response:
     body = await read_json(request, "ShowRequest")
+    fields.check(body, fields.SHOW, "ShowRequest")
     name = _required(body, "ShowRequest")
     route = await resolve(request, name, "show")
     return json_response(models_t.to_ollama_show(route.facts, name))
@@ -78,6 +80,7 @@ async def show(request: web.Request) -> web.Response:
 @routes.post("/api/chat")
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, "ChatRequest")
+    fields.check_chat(body)
     name = _required(body, "ChatRequest")
     stream = stream_flag(body, "ChatRequest")
     messages = field(body, "messages", list, "ChatRequest", "[]api.Message")
@@ -97,6 +100,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 @routes.post("/api/generate")
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, "GenerateRequest")
+    fields.check_generate(body)
     name = model_name(body, "GenerateRequest")
     if not name:
         raise errors.not_found("generate", name)  # Ollama maps invalid names to 404 here
@@ -136,6 +140,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 @routes.post("/api/embed")
 async def embed(request: web.Request) -> web.Response:
     body = await read_json(request, "EmbedRequest")
+    fields.check(body, fields.EMBED, "EmbedRequest")
     name = _required(body, "EmbedRequest")
     truncate = field(body, "truncate", bool, "EmbedRequest", "bool")
     dimensions = field(body, "dimensions", int, "EmbedRequest", "int")
@@ -163,6 +168,7 @@ async def embed(request: web.Request) -> web.Response:
 @routes.post("/api/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request, "EmbeddingRequest")
+    fields.check(body, fields.EMBEDDINGS, "EmbeddingRequest")
     name = _required(body, "EmbeddingRequest")
     prompt = field(body, "prompt", str, "EmbeddingRequest", "string")
     keep_alive_seconds(body.get("keep_alive"))
@@ -180,6 +186,7 @@ async def embeddings(request: web.Request) -> web.Response:
 @routes.post("/api/pull")
 async def pull(request: web.Request) -> web.Response:
     body = await read_json(request, "PullRequest")
+    fields.check(body, fields.PULL, "PullRequest")
     name = _required(body, "PullRequest")
     if request.app[REGISTRY].resolve(name) is None:
         if request.app[REGISTRY].unreachable():

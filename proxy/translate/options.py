@@ -25,10 +25,16 @@ def _float(key: str, value: Any) -> float:
     return float(value)
 
 
+_INT64 = (-(2**63), 2**63 - 1)  # Go's int on 64-bit hosts, and the range vLLM's integer fields accept
+
+
 def _int(key: str, value: Any) -> int:
-    # Go truncates any JSON number into an int field; so do we.
+    # Go truncates any JSON number into an int field; so do we, within int64 (orjson
+    # reads integers past 64 bits as floats: 1e20 and 2**64 arrive here as floats).
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f'option "{key}" must be of type int')
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise BadRequest(f'option "{key}" must be of type int: {value:g} is out of range')
     return int(value)
 
 
@@ -101,6 +107,14 @@ DROPPED: dict[str, str] = {
 }
 
 
+# Dropped keys that are still fields of Ollama's api.Options: Ollama type-checks them
+# (api/types.go FromMap), so a wrong type or an out-of-range number is a 400 here too.
+_DROPPED_TYPES: dict[str, Callable[[str, Any], Any]] = {
+    **dict.fromkeys(("num_ctx", "num_keep", "repeat_last_n", "num_batch", "num_gpu", "main_gpu", "num_thread"), _int),
+    "typical_p": _float,
+}
+
+
 def to_openai_params(options: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """Ollama ``options`` → vLLM sampling fields, plus the keys that were dropped."""
     if options is None:
@@ -112,6 +126,8 @@ def to_openai_params(options: Mapping[str, Any] | None) -> tuple[dict[str, Any],
     for key, value in options.items():
         mapped = MAPPED.get(key)
         if mapped is None:
+            if key in _DROPPED_TYPES and value is not None:
+                _DROPPED_TYPES[key](key, value)
             dropped.append(key)  # DROPPED keys and unknown ones alike: Ollama ignores both
             continue
         if value is None:
