@@ -24,7 +24,7 @@ from proxy.errors import (
 from proxy.redact import without_userinfo
 
 # vLLM closes idle keep-alive connections after 5 s (uvicorn's default,
-# VLLM_HTTP_TIMEOUT_KEEP_ALIVE; vllm-api.md §2): drop ours first.
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE in vllm/envs.py): drop ours first.
 POOL_IDLE_SECONDS = 4.0
 
 

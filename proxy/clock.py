@@ -9,7 +9,7 @@ from proxy.translate.common import rfc3339
 
 class Clock:
     """``created_at`` strings cached per millisecond: formatting costs as much as a
-    whole orjson parse and render (performance.md B2)."""
+    whole orjson parse and render of one stream event."""
 
     __slots__ = ("_ms", "_text")
 

@@ -14,7 +14,7 @@
     └── BackendError           4xx/5xx as vLLM answered, with vLLM's message
 
 Before the first byte a handler's error becomes a real status and ``{"error": msg}``
-(ollama-api.md §1.3); after it, ``streaming`` writes one final ``{"error": msg}`` line and
+(Ollama's server/routes.go does the same); after it, ``streaming`` writes one final ``{"error": msg}`` line and
 the status stays 200. Nothing here does I/O.
 """
 
@@ -109,7 +109,7 @@ def bad_stream(detail: str) -> BackendError:
 
 
 def not_found(endpoint: str, model: str) -> ModelNotFound:
-    """Ollama's exact unknown-model text for each endpoint (ollama-api.md §1.3)."""
+    """Ollama's exact unknown-model text for each endpoint (server/routes.go in ollama/ollama)."""
     if endpoint in ("embed", "embeddings"):
         return ModelNotFound(f"model {_go_quote(model)} not found, try pulling it first")
     return ModelNotFound(f"model '{model}' not found")
@@ -147,7 +147,7 @@ def parse_backend_error(status: int, body: bytes, backend: str) -> BackendError:
     return BackendError(message, status)
 
 
-# vLLM errors whose text does not tell an Ollama user what to do (vllm-api.md §17).
+# vLLM errors whose text does not tell an Ollama user what to do (texts of vllm/entrypoints/openai/serving_*.py).
 _HINTS = (
     ("--enable-auto-tool-choice",
      "this model does not support tools: the vLLM backend {backend} must be started with "
