@@ -153,4 +153,6 @@ def test_managed_models_start_swap_unload_restart_and_die_with_the_proxy(
     proc.kill()
     proc.wait()
     until(lambda: vllm_servers("tiny-a") == [], 30, "no vLLM left after SIGKILL of the proxy")
-    assert "vllm" in log.read_text()  # vLLM's own output went to the proxy's log
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    echoed = [r for r in records if r.get("event") == "vllm" and r.get("model") == "tiny-a:latest"]
+    assert echoed, "vLLM's own output did not reach the proxy's log"  # one record per line vLLM printed
