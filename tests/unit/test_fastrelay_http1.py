@@ -3,12 +3,9 @@ bodies split at every byte boundary, Content-Length and close-delimited bodies, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from proxy.http1 import MAX_HEAD, BodyReader, ChunkedDecoder, parse_head, read_head
-from tests.unit.test_layers import FORBIDDEN, imports
 
 CHUNKED = [
     pytest.param([b"data: {}\n\n"], b"", id="one-chunk"),
@@ -159,7 +156,3 @@ def test_malformed_heads_raise(raw: bytes) -> None:
 def test_status_line_without_reason_is_accepted() -> None:
     assert parse_head(b"HTTP/1.0 503") == (503, {})
 
-
-def test_http1_is_pure() -> None:
-    path = Path(__file__).resolve().parents[2] / "proxy" / "http1.py"
-    assert {m for m in imports(path) if m in FORBIDDEN or m.split(".")[0] in FORBIDDEN - {"proxy"}} == set()
