@@ -442,7 +442,7 @@ async def serve(host: str, port: int, cfg: Config, ready: Callable[[int], None] 
 
 def install_uvloop() -> bool:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

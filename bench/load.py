@@ -351,7 +351,7 @@ class HeldStreams:
                    stagger_s: float = 0.0) -> None:
         loop = asyncio.get_running_loop()
         request = build_request(shape, host, port, tokens, stall=stall)
-        for i in range(n):
+        for _ in range(n):
             r = StreamResult(t_start=time.monotonic_ns())
             proto = StreamClient(request, shape == "openai", r, loop.create_future())
             await loop.create_connection(lambda p=proto: p, host, port)  # type: ignore[misc]
@@ -367,7 +367,7 @@ class HeldStreams:
 
 def install_uvloop() -> bool:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

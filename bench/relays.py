@@ -153,7 +153,8 @@ def fake_stats(port: int) -> dict[str, int]:
     status, body = http_get(port, "/bench/stats")
     if status != 200:
         raise RuntimeError(f"fake stats: HTTP {status}")
-    return json.loads(body)
+    stats: dict[str, int] = json.loads(body)
+    return stats
 
 
 def proxy_help_works(timeout: float = 20.0) -> bool:

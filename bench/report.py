@@ -79,14 +79,15 @@ def _f(s: dict[str, float] | None, digits: int = 2, scale: float = 1.0) -> str:
 
 
 def _get(summary: dict[str, Any], target: str, key: str) -> dict[str, float] | None:
-    return summary.get(target, {}).get(key)
+    value: dict[str, float] | None = summary.get(target, {}).get(key)
+    return value
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)
 
 

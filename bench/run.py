@@ -75,9 +75,9 @@ def host_info() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                             "platform": platform.platform(), "loadavg": os.getloadavg()}
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
-        info["uvloop"] = uvloop.__version__
+        info["uvloop"] = getattr(uvloop, "__version__", "?")
     except ImportError:
         info["uvloop"] = None
     exe = relays.nginx_path()
@@ -143,13 +143,13 @@ class Bench:
     def tokens_for(self, c: int) -> int:
         a = self.a
         if a.tokens:
-            return a.tokens
+            return int(a.tokens)
         return 200 if a.mode == "paced" else max(200, a.burst_events // c)
 
     def timeout_for(self, tokens: int) -> float:
         a = self.a
         if a.mode == "paced":
-            return 30.0 + a.stagger_s + tokens * a.tick_ms / 1000 * 3
+            return float(30.0 + a.stagger_s + tokens * a.tick_ms / 1000 * 3)
         return 120.0
 
     async def wait_fake_idle(self, timeout: float) -> int:

@@ -34,9 +34,11 @@ def make_config(fake: FakeVLLM) -> Callable[..., Any]:
 
 @pytest.fixture
 async def proxy_server(aiohttp_server: Any, make_config: Callable[..., Any]) -> TestServer:
-    return await aiohttp_server(create_app(make_config()))
+    server: TestServer = await aiohttp_server(create_app(make_config()))
+    return server
 
 
 @pytest.fixture
 async def client(aiohttp_client: Any, proxy_server: TestServer) -> TestClient:
-    return await aiohttp_client(proxy_server)
+    test_client: TestClient = await aiohttp_client(proxy_server)
+    return test_client

@@ -13,7 +13,7 @@ import math
 import struct
 import zlib
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -131,7 +131,7 @@ async def test_ps_lists_served_models_as_loaded(client: ollama.AsyncClient) -> N
     assert by_name["minilm:latest"].context_length == 256
     for model in running.models:
         assert model.expires_at is not None
-        assert model.expires_at > datetime(2300, 1, 1, tzinfo=timezone.utc)  # keep_alive -1: ~292 years
+        assert model.expires_at > datetime(2300, 1, 1, tzinfo=UTC)  # keep_alive -1: ~292 years
         assert model.size_vram == model.size
         assert model.details is not None and model.details.format == "safetensors"
 
@@ -470,14 +470,13 @@ async def test_generate_think(client: ollama.AsyncClient, fake: FakeVLLM) -> Non
 async def test_tool_call_round_trip(client: ollama.AsyncClient, fake: FakeVLLM, stream: bool) -> None:
     fake.reply = Reply(tokens=[], tool_calls=[{"name": "get_weather", "arguments": '{"city": "Tokyo"}'}])
     question = {"role": "user", "content": "What is the weather in Tokyo?"}
-    response = await client.chat(model="tiny", messages=[question], tools=[WEATHER_TOOL], stream=stream)
     if stream:
-        chunks = [c async for c in response]
+        chunks = [c async for c in await client.chat(model="tiny", messages=[question], tools=[WEATHER_TOOL], stream=True)]
         final = chunks[-1]
         calls = [call for c in chunks for call in (c.message.tool_calls or [])]
         assistant = final.message.model_copy(update={"tool_calls": calls})
     else:
-        final = response
+        final = await client.chat(model="tiny", messages=[question], tools=[WEATHER_TOOL])
         calls = list(final.message.tool_calls or [])
         assistant = final.message
     assert final.done is True and final.done_reason == "stop"  # Ollama has no "tool_calls" reason
@@ -491,7 +490,7 @@ async def test_tool_call_round_trip(client: ollama.AsyncClient, fake: FakeVLLM, 
     assert first["tools"][0]["function"]["parameters"]["properties"]["city"]["type"] == "string"
 
     fake.reply = Reply(tokens=["It", " is", " sunny."])
-    history = [question, assistant, {"role": "tool", "content": "Sunny, 22 C", "tool_name": "get_weather"}]
+    history: list[Any] = [question, assistant, {"role": "tool", "content": "Sunny, 22 C", "tool_name": "get_weather"}]
     answer = await client.chat(model="tiny", messages=history, tools=[WEATHER_TOOL])
     assert answer.message.content == "It is sunny."
 
@@ -542,7 +541,7 @@ async def test_two_parallel_tool_calls(client: ollama.AsyncClient, fake: FakeVLL
     assert [c.function.arguments for c in result.message.tool_calls] == [{"city": "Tokyo"}, {"city": "Oslo"}]
 
     fake.reply = Reply()
-    history = [
+    history: list[Any] = [
         question,
         result.message,
         {"role": "tool", "content": "Sunny", "tool_name": "get_weather"},
@@ -594,7 +593,7 @@ async def test_generate_context_fed_back_continues_from_the_same_tokens(client: 
     upstream = fake.last("/v1/completions")
     assert upstream["prompt"][: len(first.context)] == list(first.context)
     assert len(upstream["prompt"]) > len(first.context)
-    assert second.context[: len(upstream["prompt"])] == upstream["prompt"]
+    assert second.context is not None and second.context[: len(upstream["prompt"])] == upstream["prompt"]
 
 
 async def test_logprobs_come_back_per_token(client: ollama.AsyncClient, fake: FakeVLLM) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import ollama
 import pytest
 from aiohttp.test_utils import TestServer
-
-import ollama
 
 pytestmark = pytest.mark.compat
 

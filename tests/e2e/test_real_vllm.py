@@ -15,7 +15,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -56,7 +56,8 @@ async def vllm_chat(http: httpx.AsyncClient, stack: Stack, messages: list[dict[s
     body = {"model": TINY, "messages": messages, **params}
     response = await http.post(f"{stack.chat_url}/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
-    return response.json()
+    reply: dict[str, Any] = response.json()
+    return reply
 
 
 def openai_params(options: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def cosine(a: list[float], b: list[float]) -> float:
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
@@ -157,10 +158,10 @@ async def test_generate_matches_vllm(client: ollama.AsyncClient, http: httpx.Asy
         parts = [p async for p in await client.generate(TINY, PROMPT, options=SAMPLING, stream=True)]
         final = parts[-1]
         assert final.done and all(not p.done for p in parts[:-1])
-        text = "".join(p.response for p in parts)
+        text = "".join(p.response or "" for p in parts)
     else:
         final = await client.generate(TINY, PROMPT, options=SAMPLING)
-        text = final.response
+        text = final.response or ""
     assert final.done and final.model == TINY
     assert text == direct["choices"][0]["message"]["content"]  # same seed → same text
     assert final.done_reason == direct["choices"][0]["finish_reason"]
@@ -177,7 +178,7 @@ async def test_chat_matches_vllm(client: ollama.AsyncClient, http: httpx.AsyncCl
         text = "".join(p.message.content or "" for p in parts)
     else:
         final = await client.chat(TINY, MESSAGES, options=SAMPLING)
-        text = final.message.content
+        text = final.message.content or ""
     assert final.done and final.model == TINY and final.message.role == "assistant"
     assert text == direct["choices"][0]["message"]["content"]
     assert final.done_reason == direct["choices"][0]["finish_reason"]
@@ -198,6 +199,7 @@ async def test_seed_and_temperature_are_reproducible(client: ollama.AsyncClient)
 @pytest.mark.parametrize("endpoint", ["generate", "chat"])
 async def test_num_predict_is_respected(client: ollama.AsyncClient, endpoint: str) -> None:
     options = {"seed": 3, "temperature": 0.8, "num_predict": 5}
+    final: ollama.ChatResponse | ollama.GenerateResponse
     if endpoint == "generate":
         final = await client.generate(TINY, PROMPT, options=options)
     else:

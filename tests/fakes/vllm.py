@@ -89,7 +89,7 @@ class FakeVLLM:
 
     def error(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None) -> web.Response:
         if self.error_shape == "flat":
-            body = {"object": "error", "message": message, "type": kind, "param": param, "code": status}
+            body: dict[str, Any] = {"object": "error", "message": message, "type": kind, "param": param, "code": status}
         else:
             body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
         return web.json_response(body, status=status)
@@ -121,7 +121,7 @@ class FakeVLLM:
         return web.Response()
 
     async def _models(self, _: web.Request) -> web.Response:
-        data = [
+        data: list[dict[str, Any]] = [
             {"id": name, "object": "model", "created": 1700000000, "owned_by": "vllm", "root": m.root or f"/models/{name}",
              "parent": None, "max_model_len": m.max_model_len, "permission": []}
             for name, m in self.models.items()
@@ -342,10 +342,8 @@ def _count_prompt(body: dict[str, Any]) -> int:
     if isinstance(body.get("prompt"), list):
         return len(body["prompt"])
     if "messages" in body:
-        text = " ".join(str(m.get("content", "")) for m in body["messages"])
-    else:
-        text = str(body.get("prompt", ""))
-    return len(text.split()) + 3
+        return len(" ".join(str(m.get("content", "")) for m in body["messages"]).split()) + 3
+    return len(str(body.get("prompt", "")).split()) + 3
 
 
 def _has_text(event: dict[str, Any]) -> bool:

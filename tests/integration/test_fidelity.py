@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -90,12 +91,12 @@ async def test_unload_puts_a_sleep_mode_backend_to_sleep_and_the_next_request_wa
 
 
 async def test_ps_reports_the_keep_alive_timer(sleepy: Any, coder: FakeVLLM) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     await sleepy.post("/api/chat", json={**CHAT, "keep_alive": "10m"})
     models = (await (await sleepy.get("/api/ps")).json())["models"]
     expiry = {m["name"]: datetime.fromisoformat(m["expires_at"]) for m in models}
-    left = (expiry["plain:latest"] - datetime.now(timezone.utc)).total_seconds()
+    left = (expiry["plain:latest"] - datetime.now(UTC)).total_seconds()
     assert 590 < left <= 600
 
 

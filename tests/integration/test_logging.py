@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ USER = [{"role": "user", "content": "hi there"}]  # 2 words + 3 = 5 prompt token
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
         yield entries
 

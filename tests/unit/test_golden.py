@@ -22,7 +22,8 @@ T = "2026-01-01T00:00:00.000000000Z"
 
 def reference(name: str) -> tuple[str, str | None, dict[str, Any] | None, list[dict[str, Any]]]:
     """Independent reading of a capture with the stdlib: text, finish reason, usage, calls."""
-    text, finish, usage, calls = "", None, None, {}
+    text, finish, usage = "", None, None
+    calls: dict[int, dict[str, Any]] = {}
     for line in (CAPTURES / name).read_text().splitlines():
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
@@ -71,8 +72,8 @@ def test_text_streams(capture: str, kind: str, done_reason: str, step: int) -> N
     text, _, usage, _ = reference(capture)
     translator = ChatStreamTranslator("tiny", 0) if kind == "chat" else GenerateStreamTranslator("tiny", 0)
     out, final = translate(capture, translator, step)
-    key = (lambda o: o["message"]["content"]) if kind == "chat" else (lambda o: o["response"])
-    assert "".join(key(o) for o in out) == text
+    pieces = [o["message"]["content"] for o in out] if kind == "chat" else [o["response"] for o in out]
+    assert "".join(pieces) == text
     assert all(o["done"] is False for o in out) and final["done"] is True
     assert final["done_reason"] == done_reason
     if usage:
