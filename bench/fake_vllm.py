@@ -39,8 +39,18 @@ MAX_HEADER = 64 * 1024
 TOKENS: tuple[bytes, ...] = tuple(
     t.encode()
     for t in (
-        " Grüße", " \\\"quoted\\\"", "\\n", " naïve", " 東京", " café", " the", " señor", " \\\\path",
-        " tab\\t", " ünïcödé", " 42",
+        " Grüße",
+        ' \\"quoted\\"',
+        "\\n",
+        " naïve",
+        " 東京",
+        " café",
+        " the",
+        " señor",
+        " \\\\path",
+        " tab\\t",
+        " ünïcödé",
+        " 42",
     )
 )
 
@@ -156,8 +166,7 @@ class Stream:
             )
         if self.usage:
             self.write_event(
-                self.head
-                + b',"choices":[],"usage":{"prompt_tokens":12,"total_tokens":%d,"completion_tokens":%d}}' % (n + 12, n)
+                self.head + b',"choices":[],"usage":{"prompt_tokens":12,"total_tokens":%d,"completion_tokens":%d}}' % (n + 12, n)
             )
         self.proto.transport.write(_chunk(b"data: [DONE]\n\n"))
         self.proto.transport.write(b"0\r\n\r\n")
@@ -293,8 +302,11 @@ class HttpProtocol(asyncio.Protocol):
             if path in ("/v1/chat/completions", "/v1/completions"):
                 return self._completion(path == "/v1/chat/completions", body)
             if path == "/tokenize":
-                return self._reply("200 OK", b'{"count":12,"max_model_len":%d,"tokens":[%s],"token_strs":null}'
-                                   % (MAX_MODEL_LEN, b",".join(b"%d" % i for i in range(12))))
+                return self._reply(
+                    "200 OK",
+                    b'{"count":12,"max_model_len":%d,"tokens":[%s],"token_strs":null}'
+                    % (MAX_MODEL_LEN, b",".join(b"%d" % i for i in range(12))),
+                )
             if path == "/ping":
                 return self._reply("200 OK", b"")
         self._reply("404 Not Found", b'{"detail":"Not Found"}')
@@ -320,12 +332,14 @@ class HttpProtocol(asyncio.Protocol):
         usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
         if chat:
             head = b'{"id":"chatcmpl-%b","object":"chat.completion.chunk","created":%d,"model":"%b"' % (
-                rid, created, MODEL.encode())
+                rid,
+                created,
+                MODEL.encode(),
+            )
             prefix = head + b',"choices":[{"index":0,"delta":{"content":"'
             suffix = b'"},"logprobs":null,"finish_reason":null,"token_ids":null}],"usage":null}'
         else:
-            head = b'{"id":"cmpl-%b","object":"text_completion","created":%d,"model":"%b"' % (
-                rid, created, MODEL.encode())
+            head = b'{"id":"cmpl-%b","object":"text_completion","created":%d,"model":"%b"' % (rid, created, MODEL.encode())
             prefix = head + b',"choices":[{"index":0,"text":"'
             suffix = b'","logprobs":null,"finish_reason":null,"stop_reason":null,"token_ids":null}],"usage":null}'
         s = Stream(self, chat, n, usage, prefix, suffix, head)
@@ -336,7 +350,9 @@ class HttpProtocol(asyncio.Protocol):
         st.streams += 1
         self._send(STREAM_HEAD)
         if chat:
-            s.write_event(head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}')
+            s.write_event(
+                head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
+            )
         cfg = self.server.cfg
         if cfg.stall or STALL_MARK in body:
             s.stall_handle = self.server.loop.call_later(cfg.stall_max_s, self._unstall)
@@ -406,13 +422,34 @@ def _non_stream(chat: bool, rid: bytes, created: int, n: int) -> bytes:
     text = "".join(orjson.loads(b'"' + t + b'"') for t, _ in zip(itertools.cycle(TOKENS), range(n)))
     usage = {"prompt_tokens": 12, "total_tokens": 12 + n, "completion_tokens": n}
     if chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text, "tool_calls": []},
-                                  "logprobs": None, "finish_reason": "length", "stop_reason": None}
-        return orjson.dumps({"id": "chatcmpl-" + rid.decode(), "object": "chat.completion", "created": created,
-                             "model": MODEL, "choices": [choice], "usage": usage})
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "tool_calls": []},
+            "logprobs": None,
+            "finish_reason": "length",
+            "stop_reason": None,
+        }
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-" + rid.decode(),
+                "object": "chat.completion",
+                "created": created,
+                "model": MODEL,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None}
-    return orjson.dumps({"id": "cmpl-" + rid.decode(), "object": "text_completion", "created": created,
-                         "model": MODEL, "choices": [choice], "usage": usage})
+    return orjson.dumps(
+        {
+            "id": "cmpl-" + rid.decode(),
+            "object": "text_completion",
+            "created": created,
+            "model": MODEL,
+            "choices": [choice],
+            "usage": usage,
+        }
+    )
 
 
 class FakeVllm:
@@ -462,8 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if not a.no_uvloop:
         install_uvloop()
-    cfg = Config(tick_ms=a.tick_ms if a.tick_ms and a.tick_ms > 0 else None, stall=a.stall,
-                 stall_max_s=a.stall_max_s)
+    cfg = Config(tick_ms=a.tick_ms if a.tick_ms and a.tick_ms > 0 else None, stall=a.stall, stall_max_s=a.stall_max_s)
 
     def ready(port: int) -> None:
         print(f"fake-vllm listening on {a.host}:{port}", flush=True)

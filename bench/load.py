@@ -47,12 +47,16 @@ def build_request(shape: str, host: str, port: int, tokens: int, model: str = "b
     messages = [{"role": "user", "content": text}]
     if shape == "ollama":
         path = "/api/chat"
-        body: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
-                                "options": {"num_predict": tokens}}
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": True, "options": {"num_predict": tokens}}
     elif shape == "openai":
         path = "/v1/chat/completions"
-        body = {"model": model, "messages": messages, "stream": True, "max_tokens": tokens,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": tokens,
+            "stream_options": {"include_usage": True},
+        }
     else:
         raise ValueError(f"unknown shape {shape!r}")
     payload = orjson.dumps(body)
@@ -264,7 +268,8 @@ async def one_stream(host: str, port: int, request: bytes, sse: bool, delay_s: f
     r.t_start = time.monotonic_ns()
     try:
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: StreamClient(request, sse, r, fut), host, port), timeout_s)
+            loop.create_connection(lambda: StreamClient(request, sse, r, fut), host, port), timeout_s
+        )
     except (OSError, TimeoutError) as e:
         r.error = f"connect: {e!r}"
         r.t_end = time.monotonic_ns()
@@ -325,9 +330,18 @@ def summarize(results: list[StreamResult], tokens: int, t0: int, t1: int) -> dic
     }
 
 
-async def run_load(host: str, port: int, *, streams: int, tokens: int, shape: str = "openai",
-                   stagger_s: float = 0.0, timeout_s: float | None = None, model: str = "bench",
-                   stall: bool = False) -> dict[str, Any]:
+async def run_load(
+    host: str,
+    port: int,
+    *,
+    streams: int,
+    tokens: int,
+    shape: str = "openai",
+    stagger_s: float = 0.0,
+    timeout_s: float | None = None,
+    model: str = "bench",
+    stall: bool = False,
+) -> dict[str, Any]:
     """Run `streams` concurrent streams of `tokens` tokens each; start times spread over `stagger_s`."""
     request = build_request(shape, host, port, tokens, model, stall)
     if timeout_s is None:
@@ -335,7 +349,8 @@ async def run_load(host: str, port: int, *, streams: int, tokens: int, shape: st
     step = stagger_s / streams if streams > 1 else 0.0
     t0 = time.monotonic_ns()
     results = await asyncio.gather(
-        *(one_stream(host, port, request, shape == "openai", i * step, timeout_s) for i in range(streams)))
+        *(one_stream(host, port, request, shape == "openai", i * step, timeout_s) for i in range(streams))
+    )
     t1 = max((r.t_end for r in results), default=time.monotonic_ns())
     return summarize(list(results), tokens, t0, t1)
 
@@ -347,8 +362,9 @@ class HeldStreams:
         self.protos: list[StreamClient] = []
         self.results: list[StreamResult] = []
 
-    async def open(self, host: str, port: int, n: int, shape: str, tokens: int = 64, stall: bool = True,
-                   stagger_s: float = 0.0) -> None:
+    async def open(
+        self, host: str, port: int, n: int, shape: str, tokens: int = 64, stall: bool = True, stagger_s: float = 0.0
+    ) -> None:
         loop = asyncio.get_running_loop()
         request = build_request(shape, host, port, tokens, stall=stall)
         for _ in range(n):
@@ -388,8 +404,18 @@ def _main() -> None:
     a = p.parse_args()
     if not a.no_uvloop:
         install_uvloop()
-    res = asyncio.run(run_load(a.host, a.port, streams=a.streams, tokens=a.tokens, shape=a.shape,
-                               stagger_s=a.stagger_s, timeout_s=a.timeout_s, model=a.model))
+    res = asyncio.run(
+        run_load(
+            a.host,
+            a.port,
+            streams=a.streams,
+            tokens=a.tokens,
+            shape=a.shape,
+            stagger_s=a.stagger_s,
+            timeout_s=a.timeout_s,
+            model=a.model,
+        )
+    )
     json.dump(res, sys.stdout, indent=2)
     print()
     sys.exit(1 if res["failed"] or res["short"] else 0)

@@ -117,8 +117,9 @@ class Proc:
 def _spawn(name: str, cmd: list[str], port: int, workdir: Path, cwd: Path | None = None) -> Proc:
     log = workdir / f"{name}.log"
     with open(log, "wb") as fh:
-        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True
+        )
     return Proc(name, popen, port, log)
 
 
@@ -138,12 +139,21 @@ def _wait(proc: Proc, ok: Any, timeout: float) -> None:
     raise RuntimeError(f"{proc.name} not ready after {timeout:.0f}s ({last}):\n{proc.log_tail()}")
 
 
-def start_fake(workdir: Path, tick_ms: float | None, cpus: str | None, name: str = "fake_vllm",
-               stall_max_s: float = 60.0) -> Proc:
+def start_fake(
+    workdir: Path, tick_ms: float | None, cpus: str | None, name: str = "fake_vllm", stall_max_s: float = 60.0
+) -> Proc:
     port = free_port()
     mode = ["--tick-ms", str(tick_ms)] if tick_ms else ["--burst"]
-    cmd = [*pin_prefix(cpus), sys.executable, str(BENCH_DIR / "fake_vllm.py"), "--port", str(port), *mode,
-           "--stall-max-s", str(stall_max_s)]
+    cmd = [
+        *pin_prefix(cpus),
+        sys.executable,
+        str(BENCH_DIR / "fake_vllm.py"),
+        "--port",
+        str(port),
+        *mode,
+        "--stall-max-s",
+        str(stall_max_s),
+    ]
     proc = _spawn(name, cmd, port, workdir)
     _wait(proc, lambda: http_get(port, "/health")[0] == 200, 15)
     return proc
@@ -159,18 +169,28 @@ def fake_stats(port: int) -> dict[str, int]:
 
 def proxy_help_works(timeout: float = 20.0) -> bool:
     try:
-        r = subprocess.run([sys.executable, "-m", "proxy", "serve", "--help"], cwd=REPO_ROOT, timeout=timeout,
-                           capture_output=True, check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "--help"], cwd=REPO_ROOT, timeout=timeout, capture_output=True, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
 
 
-def start_proxy(workdir: Path, backend_port: int, cpus: str | None, extra_args: list[str],
-                timeout: float = 30.0) -> Proc:
+def start_proxy(workdir: Path, backend_port: int, cpus: str | None, extra_args: list[str], timeout: float = 30.0) -> Proc:
     port = free_port()
-    cmd = [*pin_prefix(cpus), sys.executable, "-m", "proxy", "serve", "--backend", f"http://{HOST}:{backend_port}",
-           "--listen", f"{HOST}:{port}", *extra_args]
+    cmd = [
+        *pin_prefix(cpus),
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--backend",
+        f"http://{HOST}:{backend_port}",
+        "--listen",
+        f"{HOST}:{port}",
+        *extra_args,
+    ]
     proc = _spawn("proxy", cmd, port, workdir, cwd=REPO_ROOT)
     proc.extra["cmd"] = cmd
 
@@ -224,8 +244,7 @@ http {{
 
 
 def nginx_path() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)),
-                                        None)
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
 
 
 def start_nginx(workdir: Path, backend_port: int, cpus: str | None) -> Proc:

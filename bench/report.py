@@ -85,8 +85,7 @@ def _get(summary: dict[str, Any], target: str, key: str) -> dict[str, float] | N
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)
 
@@ -123,13 +122,14 @@ def render(levels: dict[int, dict[str, Any]], targets: list[str], latency: bool 
     for c, lv in sorted(levels.items()):
         s = lv["summary"]
         d = s.get("direct", {})
-        row = [str(c), _pair(d.get("ttft_p50_ms"), d.get("ttft_p99_ms")),
-               _pair(d.get("delay_p50_ms"), d.get("delay_p99_ms"))]
+        row = [str(c), _pair(d.get("ttft_p50_ms"), d.get("ttft_p99_ms")), _pair(d.get("delay_p50_ms"), d.get("delay_p99_ms"))]
         for t in relays:
             row += [_f(_get(s, t, "added_" + k)) for k in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms")]
         rows2.append(row)
-    return (_table(h1, rows1) + "\n\nAdded latency vs direct in the same round, ms (delay = receive − send stamp "
-            "of each content event):\n" + _table(h2, rows2))
+    return (
+        _table(h1, rows1) + "\n\nAdded latency vs direct in the same round, ms (delay = receive − send stamp "
+        "of each content event):\n" + _table(h2, rows2)
+    )
 
 
 def _sum(level: dict[str, Any], target: str, key: str) -> int:
@@ -148,7 +148,14 @@ def render_rss(rss: dict[str, Any]) -> str:
         if "error" in r:
             rows.append([t, "-", "-", "-", "-", r["error"][:80]])
             continue
-        rows.append([t, str(r["streams_open_upstream"]), f"{r['rss_before_kib']:,}", f"{r['rss_during_kib']:,}",
-                     f"{r['kib_per_stream']:.1f}", (f"{r['rss_after_kib']:,}; upstream still open after close: "
-                      f"{r['upstream_left_open']}")])
+        rows.append(
+            [
+                t,
+                str(r["streams_open_upstream"]),
+                f"{r['rss_before_kib']:,}",
+                f"{r['rss_during_kib']:,}",
+                f"{r['kib_per_stream']:.1f}",
+                (f"{r['rss_after_kib']:,}; upstream still open after close: {r['upstream_left_open']}"),
+            ]
+        )
     return _table(["relay", "idle streams", "RSS before KiB", "RSS during KiB", "KiB/stream", "after"], rows)

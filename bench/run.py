@@ -39,22 +39,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tick-ms", type=float, default=20.0, help="paced: step clock period (20 ms = 50 tok/s)")
     p.add_argument("--streams", default="1,16,64,256,512", help="comma-separated concurrency levels")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--tokens", type=int, default=None,
-                   help="tokens per stream (paced default 200; burst default --burst-events / c, min 200)")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="tokens per stream (paced default 200; burst default --burst-events / c, min 200)",
+    )
     p.add_argument("--burst-events", type=int, default=100_000, help="burst: total events per run")
     p.add_argument("--stagger-s", type=float, default=None, help="spread stream starts (paced default 1.0, burst 0)")
     p.add_argument("--targets", default="direct,proxy,nginx", help="subset of direct,proxy,nginx")
-    p.add_argument("--proxy-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for `python -m proxy serve` (repeat; use --proxy-arg=--workers)")
+    p.add_argument(
+        "--proxy-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `python -m proxy serve` (repeat; use --proxy-arg=--workers)",
+    )
     p.add_argument("--client-cpus", default="0", help="CPUs for fake vLLM and the load client")
     p.add_argument("--relay-cpus", default="1", help="CPUs for the relay under test (proxy, nginx)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    p.add_argument("--rss-streams", type=int, default=200,
-                   help="idle streams for the RSS test (0 skips it and the disconnect check)")
+    p.add_argument(
+        "--rss-streams", type=int, default=200, help="idle streams for the RSS test (0 skips it and the disconnect check)"
+    )
     p.add_argument("--warmup-tokens", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write raw samples and summary here")
-    p.add_argument("--smoke", action="store_true",
-                   help="CI profile: burst, c=16, 3 rounds, short streams; exit 1 on gross regression only")
+    p.add_argument(
+        "--smoke", action="store_true", help="CI profile: burst, c=16, 3 rounds, short streams; exit 1 on gross regression only"
+    )
     a = p.parse_args(argv)
     if a.smoke:
         a.mode, a.streams, a.rounds, a.rss_streams = "burst", "16", 3, 0
@@ -72,8 +83,12 @@ def raise_nofile() -> None:
 
 
 def host_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                            "platform": platform.platform(), "loadavg": os.getloadavg()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
+    }
     try:
         import uvloop
 
@@ -173,16 +188,29 @@ class Bench:
         cpu0 = procstat.tree_cpu(relay.pid) if relay else None
         fake0 = procstat.tree_cpu(self.fake.pid)
         t0 = time.monotonic_ns()
-        res = await load.run_load(relays.HOST, port, streams=c, tokens=tokens, shape=shape,
-                                  stagger_s=a.stagger_s, timeout_s=self.timeout_for(tokens))
+        res = await load.run_load(
+            relays.HOST, port, streams=c, tokens=tokens, shape=shape, stagger_s=a.stagger_s, timeout_s=self.timeout_for(tokens)
+        )
         wall_ns = time.monotonic_ns() - t0
         fake1 = procstat.tree_cpu(self.fake.pid)
-        run: dict[str, Any] = {"target": target, "round": rnd, "c": c, "load": res, "wall_ns": wall_ns,
-                               "fake_cpu_ns": (fake1 - fake0).run_ns, "fake_idle_before": leftover == 0}
+        run: dict[str, Any] = {
+            "target": target,
+            "round": rnd,
+            "c": c,
+            "load": res,
+            "wall_ns": wall_ns,
+            "fake_cpu_ns": (fake1 - fake0).run_ns,
+            "fake_idle_before": leftover == 0,
+        }
         if relay is not None and cpu0 is not None:
             d = procstat.tree_cpu(relay.pid) - cpu0
-            run.update(cpu_ns=d.run_ns, user_ns=int(d.user_s * 1e9), sys_ns=int(d.sys_s * 1e9),
-                       cpu_util=round(d.run_ns / wall_ns, 3), relay_alive=relay.alive())
+            run.update(
+                cpu_ns=d.run_ns,
+                user_ns=int(d.user_s * 1e9),
+                sys_ns=int(d.sys_s * 1e9),
+                cpu_util=round(d.run_ns / wall_ns, 3),
+                relay_alive=relay.alive(),
+            )
         return run
 
     async def level(self, c: int) -> dict[str, Any]:
@@ -194,11 +222,13 @@ class Bench:
                 run = await self.one_run(target, c, rnd)
                 runs.append(run)
                 ld = run["load"]
-                print(f"  c={c:<4} round {rnd + 1}/{self.a.rounds} {target:<6} {ld['events_per_s']:>10,.0f} ev/s"
-                      f"  ttft p50 {ld['ttft_p50_ms']} ms  delay p99 {ld['delay_p99_ms']} ms"
-                      f"  failed {ld['failed']} short {ld['short']}"
-                      + (f"  cpu {run['cpu_ns'] / 1000 / max(ld['events'], 1):.1f} µs/ev" if "cpu_ns" in run else ""),
-                      flush=True)
+                print(
+                    f"  c={c:<4} round {rnd + 1}/{self.a.rounds} {target:<6} {ld['events_per_s']:>10,.0f} ev/s"
+                    f"  ttft p50 {ld['ttft_p50_ms']} ms  delay p99 {ld['delay_p99_ms']} ms"
+                    f"  failed {ld['failed']} short {ld['short']}"
+                    + (f"  cpu {run['cpu_ns'] / 1000 / max(ld['events'], 1):.1f} µs/ev" if "cpu_ns" in run else ""),
+                    flush=True,
+                )
         return {"tokens": self.tokens_for(c), "runs": runs, "summary": report.summarize_level(runs)}
 
     async def rss(self, target: str, m: int) -> dict[str, Any]:
@@ -225,17 +255,24 @@ class Bench:
         await asyncio.sleep(0.5)
         after = procstat.tree_rss_kib(relay.pid)
         errors = sorted({r.error for r in held.results if r.error and r.error != "closed by client"})
-        return {"streams": m, "streams_open_upstream": opened, "rss_before_kib": before, "rss_during_kib": during,
-                "rss_after_kib": after, "kib_per_stream": (during - before) / max(opened, 1),
-                "upstream_left_open": left, "client_errors": errors[:5]}
-
+        return {
+            "streams": m,
+            "streams_open_upstream": opened,
+            "rss_before_kib": before,
+            "rss_during_kib": during,
+            "rss_after_kib": after,
+            "kib_per_stream": (during - before) / max(opened, 1),
+            "upstream_left_open": left,
+            "client_errors": errors[:5],
+        }
 
     async def disconnect_check(self, target: str, n: int = 64) -> dict[str, Any]:
         """Clients hang up mid-stream; every upstream stream must be closed soon after."""
         assert self.fake is not None
         before = relays.fake_stats(self.fake.port)
-        task = asyncio.create_task(load.run_load(relays.HOST, self.port(target), streams=n, tokens=100_000,
-                                                 shape=self.shape(target), timeout_s=30))
+        task = asyncio.create_task(
+            load.run_load(relays.HOST, self.port(target), streams=n, tokens=100_000, shape=self.shape(target), timeout_s=30)
+        )
         await asyncio.sleep(1.0)
         mid = relays.fake_stats(self.fake.port)["active"]
         task.cancel()
@@ -245,16 +282,25 @@ class Bench:
             pass
         left = await self.wait_fake_idle(5.0)
         after = relays.fake_stats(self.fake.port)
-        return {"streams": n, "active_upstream_mid": mid, "upstream_left_open_after_5s": left,
-                "upstream_aborted": after["aborted"] - before["aborted"]}
+        return {
+            "streams": n,
+            "active_upstream_mid": mid,
+            "upstream_left_open_after_5s": left,
+            "upstream_aborted": after["aborted"] - before["aborted"],
+        }
 
 
 async def main_async(a: argparse.Namespace) -> int:
     levels_c = [int(x) for x in a.streams.split(",") if x.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="ollama-vllm-bench-"))
     bench = Bench(a, workdir)
-    out: dict[str, Any] = {"meta": {"args": {k: str(v) for k, v in vars(a).items()}, "host": host_info(),
-                                    "started": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+    out: dict[str, Any] = {
+        "meta": {
+            "args": {k: str(v) for k, v in vars(a).items()},
+            "host": host_info(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    }
     levels: dict[int, dict[str, Any]] = {}
     try:
         bench.start()
@@ -266,10 +312,14 @@ async def main_async(a: argparse.Namespace) -> int:
             out["meta"]["proxy_cmd"] = bench.relays["proxy"].extra.get("cmd")
         for n in bench.notes:
             print(f"NOTE: {n.splitlines()[0]}", flush=True)
-        print(f"mode={a.mode}" + (f" tick={a.tick_ms}ms" if a.mode == "paced" else "") +
-              f" rounds={a.rounds} stagger={a.stagger_s}s targets={','.join(bench.targets)}"
-              f" pin client+fake={bench.client_cpus} relay={bench.relay_cpus}"
-              + "".join(f" {n}_processes={out['meta'][n + '_processes']}" for n in bench.relays), flush=True)
+        print(
+            f"mode={a.mode}"
+            + (f" tick={a.tick_ms}ms" if a.mode == "paced" else "")
+            + f" rounds={a.rounds} stagger={a.stagger_s}s targets={','.join(bench.targets)}"
+            f" pin client+fake={bench.client_cpus} relay={bench.relay_cpus}"
+            + "".join(f" {n}_processes={out['meta'][n + '_processes']}" for n in bench.relays),
+            flush=True,
+        )
         if a.rss_streams > 0:
             out["rss"] = {}
             for t in ("proxy", "nginx"):
@@ -300,8 +350,11 @@ async def main_async(a: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print(f"== {a.mode} mode" + (f", tick {a.tick_ms} ms" if a.mode == "paced" else "") +
-          f", {a.rounds} rounds; figures are median [min–max] over rounds ==")
+    print(
+        f"== {a.mode} mode"
+        + (f", tick {a.tick_ms} ms" if a.mode == "paced" else "")
+        + f", {a.rounds} rounds; figures are median [min–max] over rounds =="
+    )
     print(report.render(levels, bench.targets, latency=a.mode == "paced"))
     if out.get("rss"):
         print("\nRSS per idle open stream (upstream stalled after the role chunk):")
@@ -329,11 +382,12 @@ def smoke_verdict(levels: dict[int, dict[str, Any]], bench: Bench) -> int:
     # Gate on the best round: a real regression shows in every round, a noisy neighbour in some.
     s = levels.get(16, {}).get("summary", {}).get("proxy", {}).get("ratio_vs_direct")
     if s is None or s["max"] < SMOKE_MIN_RATIO:
-        print(f"SMOKE FAIL: burst throughput proxy/direct at c=16: best round {s and round(s['max'], 2)}"
-              f" < {SMOKE_MIN_RATIO}")
+        print(f"SMOKE FAIL: burst throughput proxy/direct at c=16: best round {s and round(s['max'], 2)} < {SMOKE_MIN_RATIO}")
         return 1
-    print(f"SMOKE OK: burst throughput proxy/direct at c=16: best round {s['max']:.2f}, median {s['median']:.2f}"
-          f" (gate: best round ≥ {SMOKE_MIN_RATIO})")
+    print(
+        f"SMOKE OK: burst throughput proxy/direct at c=16: best round {s['max']:.2f}, median {s['median']:.2f}"
+        f" (gate: best round ≥ {SMOKE_MIN_RATIO})"
+    )
     return 0
 
 

@@ -228,7 +228,9 @@ class FakeVLLM:
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
                 if self.midstream_error and event["choices"] and _has_text(event):
-                    error = {"error": {"message": self.midstream_error, "type": "InternalServerError", "param": None, "code": 500}}
+                    error = {
+                        "error": {"message": self.midstream_error, "type": "InternalServerError", "param": None, "code": 500}
+                    }
                     await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
                     return response
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -291,7 +293,12 @@ class FakeVLLM:
             events.append(chunk({"tool_calls": [head]}))
             args = call["arguments"]
             for start in range(0, len(args), reply.argument_piece):
-                piece = {"index": index, "id": None, "type": None, "function": {"arguments": args[start : start + reply.argument_piece]}}
+                piece = {
+                    "index": index,
+                    "id": None,
+                    "type": None,
+                    "function": {"arguments": args[start : start + reply.argument_piece]},
+                }
                 events.append(chunk({"tool_calls": [piece]}))
         events.append(chunk({}, finish))
         return events

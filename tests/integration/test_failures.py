@@ -309,9 +309,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
         pytest.param(CHAT, {"model": "tiny", "messages": USER, "stream": True}, id="openai-stream"),
     ],
 )
-async def test_client_hang_up_aborts_the_vllm_stream(
-    base_url: str, fake: FakeVLLM, path: str, body: dict[str, Any]
-) -> None:
+async def test_client_hang_up_aborts_the_vllm_stream(base_url: str, fake: FakeVLLM, path: str, body: dict[str, Any]) -> None:
     fake.stall = True
     client = aiohttp.ClientSession()
     call = asyncio.ensure_future(client.post(base_url + path, json=body))

@@ -66,14 +66,18 @@ async def test_configured_fim_and_capabilities(aiohttp_client: Any, coder: FakeV
 async def test_think_on_a_model_configured_without_thinking(aiohttp_client: Any, coder: FakeVLLM) -> None:
     models = [{"name": "nothink", "backend": "b", "served": "plain", "capabilities": ["completion"]}]
     client = await proxy(aiohttp_client, coder, models=models)
-    reply = await client.post("/api/chat", json={"model": "nothink", "messages": [{"role": "user", "content": "x"}], "think": True})
+    reply = await client.post(
+        "/api/chat", json={"model": "nothink", "messages": [{"role": "user", "content": "x"}], "think": True}
+    )
     assert reply.status == 400
     assert await reply.json() == {"error": '"nothink" does not support thinking'}
 
 
 @pytest.fixture
 async def sleepy(aiohttp_client: Any, coder: FakeVLLM) -> Any:
-    config = from_mapping({"backends": [{"url": coder.url, "name": "b", "sleep_mode": True, "sleep_level": 2}], "keep_alive": "5m"})
+    config = from_mapping(
+        {"backends": [{"url": coder.url, "name": "b", "sleep_mode": True, "sleep_level": 2}], "keep_alive": "5m"}
+    )
     return await aiohttp_client(create_app(config))
 
 
@@ -120,7 +124,9 @@ async def test_keep_alive_timer_sleeps_an_idle_backend(aiohttp_client: Any, code
 
 async def test_without_sleep_mode_keep_alive_zero_leaves_the_model_loaded(aiohttp_client: Any, coder: FakeVLLM) -> None:
     client = await proxy(aiohttp_client, coder)
-    unloaded = await (await client.post("/api/chat", json={"model": "plain", "messages": [], "keep_alive": 0})).json(content_type=None)
+    unloaded = await (await client.post("/api/chat", json={"model": "plain", "messages": [], "keep_alive": 0})).json(
+        content_type=None
+    )
     assert unloaded["done_reason"] == "unload"
     assert coder.sleep_calls == []
     names = [m["name"] for m in (await (await client.get("/api/ps")).json())["models"]]

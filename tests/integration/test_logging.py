@@ -104,7 +104,9 @@ async def test_embed_logs_prompt_tokens(client: TestClient, logs: list[dict[str,
         pytest.param("GET", "/api/chat", 405, id="wrong-method"),
     ],
 )
-async def test_every_request_gets_one_line(client: TestClient, logs: list[dict[str, Any]], method: str, path: str, status: int) -> None:
+async def test_every_request_gets_one_line(
+    client: TestClient, logs: list[dict[str, Any]], method: str, path: str, status: int
+) -> None:
     got, _ = await send(client, method, path)
     assert got == status
     line = one_line(logs)

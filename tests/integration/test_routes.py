@@ -466,8 +466,11 @@ async def test_tags_lists_every_served_model(client: TestClient) -> None:
             assert isinstance(details[key], str)
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", m["modified_at"])
     caps = {m["name"]: m["capabilities"] for m in models}
-    assert caps == {"tiny:latest": ["completion", "tools"], "minilm:latest": ["embedding"],
-                    "llava:latest": ["completion", "vision"]}  # what the fake's models accept
+    assert caps == {
+        "tiny:latest": ["completion", "tools"],
+        "minilm:latest": ["embedding"],
+        "llava:latest": ["completion", "vision"],
+    }  # what the fake's models accept
 
 
 @pytest.mark.parametrize(
@@ -727,9 +730,7 @@ async def test_wrong_method_is_405(client: TestClient, method: str, path: str) -
         pytest.param("POST", "/api/pull", {"model": "never-heard-of-it", "stream": False}, id="pull-unknown-no-stream"),
     ],
 )
-async def test_model_management_is_a_json_error_not_500(
-    client: TestClient, method: str, path: str, body: Any
-) -> None:
+async def test_model_management_is_a_json_error_not_500(client: TestClient, method: str, path: str, body: Any) -> None:
     data = body if body is None or isinstance(body, bytes) else orjson.dumps(body)
     async with client.request(method, path, data=data) as r:
         assert 400 <= r.status < 600 and r.status != 500
@@ -1016,11 +1017,11 @@ async def test_tool_call_history_reaches_vllm_with_matching_ids(client: TestClie
 
 
 async def test_non_ascii_text_survives_as_utf8(client: TestClient, fake: FakeVLLM) -> None:
-    fake.reply.tokens = ["こんにちは", "、", "世界", " 🌍", " é\"\\\n"]
+    fake.reply.tokens = ["こんにちは", "、", "世界", " 🌍", ' é"\\\n']
     status, _, raw = await post(client, "/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "日本語 ✓"}]})
     assert status == 200
     objects = ndjson(raw)
-    assert "".join(o["message"]["content"] for o in objects) == "こんにちは、世界 🌍 é\"\\\n"
+    assert "".join(o["message"]["content"] for o in objects) == 'こんにちは、世界 🌍 é"\\\n'
     assert fake.last(CHAT)["messages"][0]["content"] == "日本語 ✓"
 
 
@@ -1251,9 +1252,7 @@ async def test_cors_preflight_from_a_local_origin_is_allowed(client: TestClient,
         pytest.param("POST", "/api/chat", {"model": "nope", "messages": USER}, id="error"),
     ],
 )
-async def test_cors_response_names_a_local_origin(
-    client: TestClient, origin: str, method: str, path: str, body: Any
-) -> None:
+async def test_cors_response_names_a_local_origin(client: TestClient, origin: str, method: str, path: str, body: Any) -> None:
     async with client.request(method, path, json=body, headers={"Origin": origin}) as r:
         assert r.headers.get("Access-Control-Allow-Origin") == origin
         await r.read()

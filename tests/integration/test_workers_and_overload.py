@@ -67,7 +67,9 @@ async def test_cli_serves_with_n_workers_and_stops_cleanly(fake: FakeVLLM, worke
     port = free_port()
     cmd = [sys.executable, "-m", "proxy", "serve", "--backend", fake.url, "--listen", f"127.0.0.1:{port}",
            "--workers", str(workers)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""})
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""}
+    )
     try:
         await wait_until_up(f"http://127.0.0.1:{port}/api/tags", proc)
         if workers > 1:

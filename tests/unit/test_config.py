@@ -32,20 +32,30 @@ def test_shipped_config_loads() -> None:
         pytest.param({"lisen": "x"}, "lisen: unknown key", id="unknown top-level key"),
         pytest.param({"backends": [{"urll": "http://x"}]}, "backends[0].urll: unknown key", id="unknown nested key"),
         pytest.param({"backends": [{"url": "ftp://x"}]}, "backends[0].url: 'ftp://x' is not an http(s) URL", id="bad URL"),
-        pytest.param({"backends": [{"url": "http://x:99999"}]}, "backends[0].url: 'http://x:99999' has an invalid port",
-                     id="bad port"),  # fmt: skip
+        pytest.param(
+            {"backends": [{"url": "http://x:99999"}]}, "backends[0].url: 'http://x:99999' has an invalid port", id="bad port"
+        ),  # fmt: skip
         pytest.param({"refresh_interval": "soon"}, "refresh_interval: expected a positive number", id="bad type"),
         pytest.param({"timeouts": {"connect": -1}}, "timeouts.connect: expected a positive number", id="negative timeout"),
         pytest.param({"timeouts": {"idle": 0}}, "timeouts.idle: expected a positive number", id="zero idle timeout"),
         pytest.param({"listen": "host:port"}, "listen: invalid port", id="bad listen"),
         pytest.param({"ollama_version": "latest"}, "ollama_version: 'latest' is not a numeric dotted version", id="bad version"),
         pytest.param({"log_level": "loud"}, "log_level: 'loud' is not one of", id="bad log level"),
-        pytest.param({"backends": [{"url": "http://a"}], "models": [{"name": "x", "backend": "nope", "served": "y"}]},
-                     "models[0].backend: no backend named 'nope'", id="alias to an unknown backend"),  # fmt: skip
-        pytest.param({"backends": [{"url": "http://a"}], "models": [{"name": "bad name", "backend": "a", "served": "y"}]},
-                     "models[0].name: 'bad name' is not a valid Ollama model name", id="invalid alias name"),  # fmt: skip
-        pytest.param({"backends": [{"url": "http://a"}], "models": [{"name": "x", "backend": "a"}]},
-                     "models[0].served: missing", id="alias without served"),  # fmt: skip
+        pytest.param(
+            {"backends": [{"url": "http://a"}], "models": [{"name": "x", "backend": "nope", "served": "y"}]},
+            "models[0].backend: no backend named 'nope'",
+            id="alias to an unknown backend",
+        ),  # fmt: skip
+        pytest.param(
+            {"backends": [{"url": "http://a"}], "models": [{"name": "bad name", "backend": "a", "served": "y"}]},
+            "models[0].name: 'bad name' is not a valid Ollama model name",
+            id="invalid alias name",
+        ),  # fmt: skip
+        pytest.param(
+            {"backends": [{"url": "http://a"}], "models": [{"name": "x", "backend": "a"}]},
+            "models[0].served: missing",
+            id="alias without served",
+        ),  # fmt: skip
         pytest.param({"backends": "http://a"}, "backends: expected a list", id="backends not a list"),
         pytest.param([1], "top level: expected a mapping", id="not a mapping"),
     ],

@@ -76,8 +76,8 @@ def test_show_has_model_info_and_parameters() -> None:
     assert shown["capabilities"] == ["completion"]
     assert shown["parameters"].splitlines() == [
         f"{'temperature':<30} 0.7",
-        f"{'stop':<30} \"<|im_end|>\"",
-        f"{'stop':<30} \"User:\"",
+        f'{"stop":<30} "<|im_end|>"',
+        f'{"stop":<30} "User:"',
     ]
     assert "FROM /models/tiny-llama" in shown["modelfile"]
 
@@ -91,13 +91,23 @@ def test_ps_reports_context_length_and_expiry() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "message"),
     [
-        pytest.param(400, b'{"error":{"message":"bad thing","type":"BadRequestError","param":null,"code":400}}',
-                     "bad thing", id="nested shape (0.10+)"),  # fmt: skip
-        pytest.param(400, b'{"object":"error","message":"bad thing","type":"BadRequestError","code":400}',
-                     "bad thing", id="flat shape (<=0.9)"),  # fmt: skip
+        pytest.param(
+            400,
+            b'{"error":{"message":"bad thing","type":"BadRequestError","param":null,"code":400}}',
+            "bad thing",
+            id="nested shape (0.10+)",
+        ),  # fmt: skip
+        pytest.param(
+            400,
+            b'{"object":"error","message":"bad thing","type":"BadRequestError","code":400}',
+            "bad thing",
+            id="flat shape (<=0.9)",
+        ),  # fmt: skip
         pytest.param(401, b'{"error":"Unauthorized"}', "Unauthorized", id="401 string error"),
         pytest.param(404, b'{"detail":"Not Found"}', "Not Found", id="FastAPI detail"),
-        pytest.param(500, b"Internal Server Error", "vLLM backend b: Internal Server Error", id="plain text 500 names the backend"),
+        pytest.param(
+            500, b"Internal Server Error", "vLLM backend b: Internal Server Error", id="plain text 500 names the backend"
+        ),
         pytest.param(503, b"", "vLLM backend b: vLLM backend b answered HTTP 503", id="empty body"),
     ],
 )
@@ -159,11 +169,16 @@ def test_keep_alive_errors(value: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        pytest.param(b'{"error":{"message":"\\"auto\\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set","code":400}}',
-                     "this model does not support tools: the vLLM backend b must be started with --enable-auto-tool-choice",
-                     id="tools without a parser says which flags"),  # fmt: skip
-        pytest.param(b'{"error":{"message":"2 validation errors: body.stop List should have at most 4 items","code":400}}',
-                     "too many stop strings: vLLM accepts at most 4", id="too many stop strings"),  # fmt: skip
+        pytest.param(
+            b'{"error":{"message":"\\"auto\\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set","code":400}}',
+            "this model does not support tools: the vLLM backend b must be started with --enable-auto-tool-choice",
+            id="tools without a parser says which flags",
+        ),  # fmt: skip
+        pytest.param(
+            b'{"error":{"message":"2 validation errors: body.stop List should have at most 4 items","code":400}}',
+            "too many stop strings: vLLM accepts at most 4",
+            id="too many stop strings",
+        ),  # fmt: skip
     ],
 )
 def test_backend_errors_get_a_hint(body: bytes, fragment: str) -> None:

@@ -155,4 +155,3 @@ def test_malformed_heads_raise(raw: bytes) -> None:
 
 def test_status_line_without_reason_is_accepted() -> None:
     assert parse_head(b"HTTP/1.0 503") == (503, {})
-

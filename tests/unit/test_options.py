@@ -28,8 +28,11 @@ from proxy.translate.options import DROPPED, MAPPED, to_openai_params
         pytest.param({"stop": ["a", "a", "b"]}, {"stop": ["a", "b"]}, id="duplicate stop strings are dropped"),
         pytest.param({"stop": "END"}, {"stop": ["END"]}, id="a single stop string becomes a list"),
         pytest.param({"repeat_penalty": 1.1}, {"repetition_penalty": 1.1}, id="repeat_penalty → repetition_penalty"),
-        pytest.param({"presence_penalty": 0.5, "frequency_penalty": 0.2}, {"presence_penalty": 0.5, "frequency_penalty": 0.2},
-                     id="presence and frequency penalties keep their names"),  # fmt: skip
+        pytest.param(
+            {"presence_penalty": 0.5, "frequency_penalty": 0.2},
+            {"presence_penalty": 0.5, "frequency_penalty": 0.2},
+            id="presence and frequency penalties keep their names",
+        ),  # fmt: skip
         pytest.param({"num_ctx": 8192, "mirostat": 1, "numa": True}, {}, id="load-time and removed options are dropped"),
         pytest.param({"temperature": None}, {}, id="null means unset"),
     ],

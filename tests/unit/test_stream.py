@@ -168,12 +168,32 @@ def test_fold_keeps_metrics_and_concatenates() -> None:
 
 
 def test_logprobs_ride_on_their_chunk_sorted_and_fold_at_top_level() -> None:
-    logprobs = {"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [
-        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}, {"token": "Yo", "logprob": -0.1, "bytes": [89, 111]}]}]}
+    logprobs = {
+        "content": [
+            {
+                "token": "Hi",
+                "logprob": -0.5,
+                "bytes": [72, 105],
+                "top_logprobs": [
+                    {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+                    {"token": "Yo", "logprob": -0.1, "bytes": [89, 111]},
+                ],
+            }
+        ]
+    }
     event = ev({"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": logprobs, "finish_reason": None}]})
     out, final = run(chat(), [event, finish("stop")])
-    expected = [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [
-        {"token": "Yo", "logprob": -0.1, "bytes": [89, 111]}, {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}]
+    expected = [
+        {
+            "token": "Hi",
+            "logprob": -0.5,
+            "bytes": [72, 105],
+            "top_logprobs": [
+                {"token": "Yo", "logprob": -0.1, "bytes": [89, 111]},
+                {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+            ],
+        }
+    ]
     assert out[0]["logprobs"] == expected
     assert fold(out, final, "message")["logprobs"] == expected
     assert "logprobs" not in fold(out, final, "message")["message"]
@@ -183,8 +203,14 @@ def test_completions_logprobs_shape() -> None:
     logprobs = {"tokens": ["a"], "token_logprobs": [-1.0], "top_logprobs": [{"a": -1.0, "b": -0.2}], "text_offset": [0]}
     event = ev({"choices": [{"index": 0, "text": "a", "logprobs": logprobs, "finish_reason": None}]})
     out, _ = run(GenerateStreamTranslator("tiny", 0), [event, finish("stop")])
-    assert out[0]["logprobs"] == [{"token": "a", "logprob": -1.0, "bytes": [97], "top_logprobs": [
-        {"token": "b", "logprob": -0.2, "bytes": [98]}, {"token": "a", "logprob": -1.0, "bytes": [97]}]}]
+    assert out[0]["logprobs"] == [
+        {
+            "token": "a",
+            "logprob": -1.0,
+            "bytes": [97],
+            "top_logprobs": [{"token": "b", "logprob": -0.2, "bytes": [98]}, {"token": "a", "logprob": -1.0, "bytes": [97]}],
+        }
+    ]
 
 
 def test_generate_context_is_prompt_ids_then_output_ids() -> None:

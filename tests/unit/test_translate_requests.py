@@ -23,29 +23,50 @@ USER = [{"role": "user", "content": "hi"}]
         pytest.param({"messages": USER}, {"messages": USER}, id="plain messages"),
         pytest.param({"messages": USER, "tools": []}, {"messages": USER}, id="empty tools list is not forwarded"),
         pytest.param({"messages": [{"role": "User", "content": "hi"}]}, {"messages": USER}, id="role is lower-cased"),
-        pytest.param({"messages": [{"role": "assistant"}]}, {"messages": [{"role": "assistant", "content": ""}]},
-                     id="missing content is empty"),  # fmt: skip
-        pytest.param({"messages": USER, "format": "json"}, {"messages": USER, "response_format": {"type": "json_object"}},
-                     id="format json → json_object"),  # fmt: skip
+        pytest.param(
+            {"messages": [{"role": "assistant"}]},
+            {"messages": [{"role": "assistant", "content": ""}]},
+            id="missing content is empty",
+        ),  # fmt: skip
+        pytest.param(
+            {"messages": USER, "format": "json"},
+            {"messages": USER, "response_format": {"type": "json_object"}},
+            id="format json → json_object",
+        ),  # fmt: skip
         pytest.param(
             {"messages": USER, "format": {"type": "object"}},
-            {"messages": USER, "response_format": {"type": "json_schema", "json_schema": {"name": "schema", "schema": {"type": "object"}}}},
+            {
+                "messages": USER,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "schema", "schema": {"type": "object"}}},
+            },
             id="format schema → json_schema with a name",
         ),
         pytest.param({"messages": USER, "format": ""}, {"messages": USER}, id="empty format means none"),
         pytest.param({"messages": USER, "options": {"num_predict": 5}}, {"messages": USER, "max_tokens": 5}, id="options mapped"),
-        pytest.param({"messages": USER, "think": False}, {"messages": USER, "chat_template_kwargs": {"enable_thinking": False}},
-                     id="think false"),  # fmt: skip
-        pytest.param({"messages": USER, "think": "high"},
-                     {"messages": USER, "chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"},
-                     id="think level"),  # fmt: skip
+        pytest.param(
+            {"messages": USER, "think": False},
+            {"messages": USER, "chat_template_kwargs": {"enable_thinking": False}},
+            id="think false",
+        ),  # fmt: skip
+        pytest.param(
+            {"messages": USER, "think": "high"},
+            {"messages": USER, "chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"},
+            id="think level",
+        ),  # fmt: skip
         pytest.param(
             {"messages": [{"role": "user", "content": "see", "images": [PNG, JPEG]}]},
-            {"messages": [{"role": "user", "content": [
-                {"type": "text", "text": "see"},
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-                {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{JPEG}"}},
-            ]}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "see"},
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{JPEG}"}},
+                        ],
+                    }
+                ]
+            },
             id="images become data-URL parts with sniffed media types",
         ),  # fmt: skip
         pytest.param(
@@ -81,7 +102,9 @@ def test_tool_history_gets_stable_ids_linking_results_to_calls() -> None:
 
 
 def test_model_defaults_sit_under_request_options() -> None:
-    body = to_openai_chat_request({"messages": USER, "options": {"temperature": 0.2}}, "tiny", {"temperature": 0.7, "top_k": 20}).body
+    body = to_openai_chat_request(
+        {"messages": USER, "options": {"temperature": 0.2}}, "tiny", {"temperature": 0.7, "top_k": 20}
+    ).body
     assert body["temperature"] == 0.2 and body["top_k"] == 20
 
 
@@ -97,8 +120,11 @@ def test_unknown_fields_are_reported_as_dropped() -> None:
         pytest.param({"format": "yaml"}, "invalid format", id="format string other than json"),
         pytest.param({"think": "extreme"}, "invalid think value", id="bad think level"),
         pytest.param({"messages": [{"role": "user", "images": ["***"]}]}, "illegal base64", id="undecodable image"),
-        pytest.param({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]},
-                     "must be a JSON object", id="tool arguments not an object"),  # fmt: skip
+        pytest.param(
+            {"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]},
+            "must be a JSON object",
+            id="tool arguments not an object",
+        ),  # fmt: skip
         pytest.param({"messages": ["hi"]}, "cannot unmarshal", id="message not an object"),
     ],
 )
@@ -110,19 +136,42 @@ def test_chat_request_errors(request_: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("request_", "path", "expected"),
     [
-        pytest.param({"prompt": "hi"}, "/v1/chat/completions", {"messages": USER, "return_token_ids": True},
-                     id="prompt → one user message, token ids asked for context"),  # fmt: skip
-        pytest.param({"prompt": "hi", "system": "be brief"}, "/v1/chat/completions",
-                     {"messages": [{"role": "system", "content": "be brief"}, *USER], "return_token_ids": True},
-                     id="system → system message"),  # fmt: skip
-        pytest.param({"prompt": "hi", "logprobs": True, "top_logprobs": 2}, "/v1/chat/completions",
-                     {"messages": USER, "return_token_ids": True, "logprobs": True, "top_logprobs": 2}, id="logprobs"),  # fmt: skip
-        pytest.param({"prompt": "x", "raw": True, "logprobs": True}, "/v1/completions",
-                     {"prompt": "x", "max_tokens": 1024, "logprobs": 0}, id="raw logprobs is a count"),  # fmt: skip
-        pytest.param({"prompt": "def f(", "raw": True}, "/v1/completions", {"prompt": "def f(", "max_tokens": 1024},
-                     id="raw → completions with max_tokens from the context"),  # fmt: skip
-        pytest.param({"prompt": "x", "raw": True, "options": {"num_predict": 3}}, "/v1/completions",
-                     {"prompt": "x", "max_tokens": 3}, id="raw keeps num_predict"),  # fmt: skip
+        pytest.param(
+            {"prompt": "hi"},
+            "/v1/chat/completions",
+            {"messages": USER, "return_token_ids": True},
+            id="prompt → one user message, token ids asked for context",
+        ),  # fmt: skip
+        pytest.param(
+            {"prompt": "hi", "system": "be brief"},
+            "/v1/chat/completions",
+            {"messages": [{"role": "system", "content": "be brief"}, *USER], "return_token_ids": True},
+            id="system → system message",
+        ),  # fmt: skip
+        pytest.param(
+            {"prompt": "hi", "logprobs": True, "top_logprobs": 2},
+            "/v1/chat/completions",
+            {"messages": USER, "return_token_ids": True, "logprobs": True, "top_logprobs": 2},
+            id="logprobs",
+        ),  # fmt: skip
+        pytest.param(
+            {"prompt": "x", "raw": True, "logprobs": True},
+            "/v1/completions",
+            {"prompt": "x", "max_tokens": 1024, "logprobs": 0},
+            id="raw logprobs is a count",
+        ),  # fmt: skip
+        pytest.param(
+            {"prompt": "def f(", "raw": True},
+            "/v1/completions",
+            {"prompt": "def f(", "max_tokens": 1024},
+            id="raw → completions with max_tokens from the context",
+        ),  # fmt: skip
+        pytest.param(
+            {"prompt": "x", "raw": True, "options": {"num_predict": 3}},
+            "/v1/completions",
+            {"prompt": "x", "max_tokens": 3},
+            id="raw keeps num_predict",
+        ),  # fmt: skip
     ],
 )
 def test_generate_request(request_: dict[str, Any], path: str, expected: dict[str, Any]) -> None:
@@ -136,7 +185,9 @@ def test_generate_request(request_: dict[str, Any], path: str, expected: dict[st
     [
         pytest.param({"raw": True, "system": "s"}, "raw mode does not support template, system, or context", id="raw+system"),
         pytest.param({"template": "{{ .Prompt }}"}, "template overrides are not supported", id="template"),
-        pytest.param({"raw": True, "context": [1, 2]}, "raw mode does not support template, system, or context", id="raw+context"),
+        pytest.param(
+            {"raw": True, "context": [1, 2]}, "raw mode does not support template, system, or context", id="raw+context"
+        ),
         pytest.param({"context": ["a"]}, "cannot unmarshal", id="context not token ids"),
         pytest.param({"top_logprobs": 21}, "top_logprobs must be between 0 and 20", id="top_logprobs over 20"),
         pytest.param({"prompt": 5}, "cannot unmarshal", id="prompt not a string"),
