@@ -21,10 +21,12 @@ from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
 from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, UPSTREAM
+from proxy.timers import SYSTEM, Timers
 
 
-def create_app(config: Config, launcher: Launcher | None = None) -> web.Application:
-    """``launcher`` starts managed models' processes (tests pass a fake one)."""
+def create_app(config: Config, launcher: Launcher | None = None, *, timers: Timers = SYSTEM) -> web.Application:
+    """``launcher`` starts managed models' processes and ``timers`` run discovery and
+    keep-alive (tests pass fake ones)."""
     cors = Cors(config.origins)
     app = web.Application(
         middlewares=[canonical, cors.middleware, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES
@@ -35,19 +37,19 @@ def create_app(config: Config, launcher: Launcher | None = None) -> web.Applicat
     app[CLOCK] = Clock()
     if launcher is not None:
         app[LAUNCHER] = launcher
-    app.cleanup_ctx.append(_backends)
+    app.cleanup_ctx.append(lambda app: _backends(app, timers))
     app.add_routes(routes.routes)
     app.add_routes(openai_routes.routes)
     return app
 
 
-async def _backends(app: web.Application) -> AsyncIterator[None]:
+async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]:
     config = app[CONFIG]
     session = create_session(config.timeouts)
     app[UPSTREAM] = Upstream(session, config.timeouts)
-    app[DISCOVERY] = discovery = Discovery(app[REGISTRY], app[UPSTREAM], config.refresh_interval)
+    app[DISCOVERY] = discovery = Discovery(app[REGISTRY], app[UPSTREAM], config.refresh_interval, timers)
     await discovery.refresh()  # serve the first /api/tags with models already listed
-    app[KEEPALIVE] = keepalive = KeepAlive(app[UPSTREAM], config.backends, config.keep_alive)
+    app[KEEPALIVE] = keepalive = KeepAlive(app[UPSTREAM], config.backends, config.keep_alive, timers)
     tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run())]
     if config.managed:
         app[MANAGED] = managed = service.host(config, app.get(LAUNCHER))

@@ -5,7 +5,6 @@ and a slow backend never stalls the pages that poll them."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
 
@@ -13,31 +12,33 @@ from proxy.backend import Upstream
 from proxy.config import BackendConfig
 from proxy.errors import ProxyError
 from proxy.registry import Registry
+from proxy.timers import SYSTEM, Timers
 
 log = structlog.get_logger("proxy.discovery")
 
 
 class Discovery:
-    def __init__(self, registry: Registry, upstream: Upstream, interval: float) -> None:
+    def __init__(self, registry: Registry, upstream: Upstream, interval: float, timers: Timers = SYSTEM) -> None:
         self._registry = registry
         self._upstream = upstream
         self._interval = interval
-        self._last_ns = 0
+        self._timers = timers
+        self._last = -float("inf")  # monotonic seconds of the last completed refresh
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
         async with self._lock:
             await asyncio.gather(*(self._refresh_one(s.config) for s in self._registry.backends))
-            self._last_ns = time.monotonic_ns()
+            self._last = self._timers.monotonic()
 
     async def refresh_if_stale(self, min_age_s: float = 1.0) -> None:
         """On an unknown model: look again, in case a backend gained it since."""
-        if time.monotonic_ns() - self._last_ns > min_age_s * 1e9:
+        if self._timers.monotonic() - self._last > min_age_s:
             await self.refresh()
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await self._timers.sleep(self._interval)
             await self.refresh()
 
     async def _refresh_one(self, backend: BackendConfig) -> None:
@@ -49,7 +50,7 @@ class Discovery:
                 log.warning("backend down", backend=backend.name, error=exc.message)
             self._registry.mark_down(backend.name, exc.message)
             return
-        new = self._registry.update(backend.name, cards, time.time_ns())
+        new = self._registry.update(backend.name, cards, self._timers.wall_ns())
         for served in new:
             capabilities = await self._upstream.probe_capabilities(backend, served)
             self._registry.set_capabilities(backend.name, served, capabilities)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass
 
 import structlog
@@ -26,6 +25,7 @@ import structlog
 from proxy.backend import Upstream
 from proxy.config import BackendConfig
 from proxy.errors import ProxyError
+from proxy.timers import SYSTEM, Timers
 
 log = structlog.get_logger("proxy.keepalive")
 
@@ -41,8 +41,11 @@ class _State:
 
 
 class KeepAlive:
-    def __init__(self, upstream: Upstream, backends: tuple[BackendConfig, ...], default_s: float) -> None:
+    def __init__(
+        self, upstream: Upstream, backends: tuple[BackendConfig, ...], default_s: float, timers: Timers = SYSTEM
+    ) -> None:
         self._upstream = upstream
+        self._timers = timers
         self._default = default_s
         self._states = {b.name: _State() for b in backends if b.sleep_mode}
         self._backends = {b.name: b for b in backends}
@@ -60,7 +63,7 @@ class KeepAlive:
         state = self._states.get(backend.name)
         if state is None or math.isinf(state.deadline):
             return None
-        return max(0.0, state.deadline - time.monotonic())
+        return max(0.0, state.deadline - self._timers.monotonic())
 
     async def begin(self, backend: BackendConfig) -> None:
         """Before forwarding a request: make sure the model is loaded."""
@@ -69,7 +72,7 @@ class KeepAlive:
             return
         state.inflight += 1
         async with self._locks[backend.name]:
-            now = time.monotonic()
+            now = self._timers.monotonic()
             if state.asleep or now - state.checked > _FRESH_S:
                 state.asleep = bool((await self._upstream.get_json(backend, "/is_sleeping")).get("is_sleeping"))
                 state.checked = now
@@ -85,7 +88,7 @@ class KeepAlive:
             return
         state.inflight = max(0, state.inflight - 1)
         seconds = self._default if keep_alive_s is None else keep_alive_s
-        state.deadline = time.monotonic() + seconds
+        state.deadline = self._timers.monotonic() + seconds
 
     async def unload(self, backend: BackendConfig) -> None:
         state = self._states.get(backend.name)
@@ -93,21 +96,21 @@ class KeepAlive:
             return
         async with self._locks[backend.name]:
             await self._upstream.post_json(backend, f"/sleep?level={backend.sleep_level}", {})
-            state.asleep, state.deadline, state.checked = True, math.inf, time.monotonic()
+            state.asleep, state.deadline, state.checked = True, math.inf, self._timers.monotonic()
             log.info("backend put to sleep", backend=backend.name, level=backend.sleep_level)
 
     async def run(self, tick_s: float = 1.0) -> None:
         while True:
-            await asyncio.sleep(tick_s)
+            await self._timers.sleep(tick_s)
             for name, state in self._states.items():
-                if state.asleep or state.inflight or time.monotonic() < state.deadline:
+                if state.asleep or state.inflight or self._timers.monotonic() < state.deadline:
                     continue
                 backend = self._backends[name]
                 try:
                     if await self._upstream.busy(backend):
-                        state.deadline = time.monotonic() + tick_s  # another worker's requests
+                        state.deadline = self._timers.monotonic() + tick_s  # another worker's requests
                         continue
                     await self.unload(backend)
                 except ProxyError as exc:
                     log.warning("keep-alive sleep failed", backend=name, error=exc.message)
-                    state.deadline = time.monotonic() + 10 * tick_s
+                    state.deadline = self._timers.monotonic() + 10 * tick_s

@@ -25,7 +25,7 @@ echo "lint: ruff check, ruff format --check tests bench, mypy --strict, lint-imp
 # proxy/ joins the format check once it has been reformatted in one commit (docs/ARCHITECTURE.md).
 "$venv/bin/ruff" format --check --quiet tests bench
 "$venv/bin/mypy" --no-error-summary
-"$venv/bin/lint-imports" --quiet
+imports="$("$venv/bin/lint-imports" 2>&1)" || { printf '%s\n' "$imports" >&2; exit 1; }
 # Branch coverage of proxy/: a floor for the package (pyproject.toml [tool.coverage.report]) and
 # 100 % for the pure decoders and translators. Both only hold for a whole run: arguments that
 # select tests (a path, -k, -m, --lf) measure but do not enforce them.

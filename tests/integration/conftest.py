@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.config import from_mapping
+from proxy.timers import SYSTEM, Timers
 from tests.fakes.vllm import FakeVLLM
 
 
@@ -31,9 +32,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 def start_proxy(aiohttp_server: Any) -> Callable[..., Awaitable[str]]:
     """Start a proxy for an explicit configuration mapping; returns its base URL."""
 
-    async def start(**data: Any) -> str:
+    async def start(timers: Timers = SYSTEM, **data: Any) -> str:
         data.setdefault("log_level", "debug")
-        server = await aiohttp_server(create_app(from_mapping(data, "test")))
+        server = await aiohttp_server(create_app(from_mapping(data, "test"), timers=timers))
         return str(server.make_url("")).rstrip("/")
 
     return start

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM, Model
 from tests.integration.helpers import (
     JSON,
@@ -433,9 +434,10 @@ async def test_length_finish_is_done_reason_length(client: TestClient, fake: Fak
 async def test_unknown_model_is_502_quickly_while_another_backend_hangs(
     start_proxy: StartProxy, session: aiohttp.ClientSession, fake: FakeVLLM, silent: SilentServer
 ) -> None:
+    clock = FakeTimers()
     url = await start_proxy(backends=[{"url": fake.url, "name": "fake"}, {"url": silent.url, "name": "stuck"}],
-                            timeouts={"discovery": 0.3})  # fmt: skip
-    await asyncio.sleep(1.05)  # let the unknown name trigger a fresh discovery
+                            timeouts={"discovery": 0.3}, timers=clock.timers())  # fmt: skip
+    await clock.advance(1.05)  # the last discovery is stale now: the unknown name triggers a fresh one
     started = time.monotonic()
     status, _, raw = await post(url, "/api/chat", {"model": "nope", "messages": USER}, session)
     # The hanging backend may serve "nope": its outage, not Ollama's 404 (clients would pull).

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from proxy.app import create_app
 from proxy.config import from_mapping
+from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM, Model
 
 
@@ -104,22 +106,26 @@ async def test_ps_reports_the_keep_alive_timer(sleepy: Any, coder: FakeVLLM) -> 
     assert 590 < left <= 600
 
 
-async def test_keep_alive_timer_sleeps_an_idle_backend(aiohttp_client: Any, coder: FakeVLLM) -> None:
+async def test_keep_alive_timer_sleeps_an_idle_backend_when_it_runs_out(aiohttp_client: Any, coder: FakeVLLM) -> None:
+    clock = FakeTimers()
     config = from_mapping({"backends": [{"url": coder.url, "name": "b", "sleep_mode": True}]})
-    app = create_app(config)
-    client = await aiohttp_client(app)
-    from proxy.state import KEEPALIVE
+    client = await aiohttp_client(create_app(config, timers=clock.timers()))
+    await client.post("/api/chat", json={**CHAT, "keep_alive": "5m"})
+    await clock.advance(299)  # the keep-alive loop ticks every second; the model stays loaded
+    assert await until(lambda: bool(coder.sleep_calls), within_s=0.2) is False
+    await clock.advance(2)
+    assert await until(lambda: coder.sleeping)
+    assert coder.sleep_calls == ["sleep?level=1"]
+    assert (await (await client.get("/api/ps")).json())["models"] == []
 
-    ticker = __import__("asyncio").create_task(app[KEEPALIVE].run(tick_s=0.05))
-    try:
-        await client.post("/api/chat", json={**CHAT, "keep_alive": "100ms"})
-        for _ in range(100):
-            if coder.sleeping:
-                break
-            await __import__("asyncio").sleep(0.02)
-        assert coder.sleep_calls == ["sleep?level=1"]
-    finally:
-        ticker.cancel()
+
+async def until(condition: Callable[[], bool], within_s: float = 2.0) -> bool:
+    """Whether the condition holds within a short real wait (the proxy's calls to the fake take I/O)."""
+    for _ in range(int(within_s / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
 
 
 async def test_without_sleep_mode_keep_alive_zero_leaves_the_model_loaded(aiohttp_client: Any, coder: FakeVLLM) -> None:
