@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -117,7 +118,8 @@ async def test_openai_stream_that_is_not_a_bool_is_a_400_in_openais_shape(
     "encoding", [pytest.param("gzip", id="gzip"), pytest.param("deflate", id="deflate"), pytest.param("identity", id="identity")]
 )
 async def test_a_compressed_body_is_decoded(base_url: str, session: aiohttp.ClientSession, encoding: str) -> None:
-    data = {"gzip": gzip.compress, "deflate": zlib.compress, "identity": bytes}[encoding](chat())
+    encoders: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.compress, "deflate": zlib.compress, "identity": bytes}
+    data = encoders[encoding](chat())
     async with session.post(base_url + "/api/chat", data=data, headers={"Content-Encoding": encoding}) as resp:
         assert resp.status == 200
         assert (await resp.json())["message"]["content"] == "Hello, world!"

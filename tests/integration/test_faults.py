@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -46,7 +46,7 @@ async def proxy_url(start_proxy: StartProxy, raw: RawBackend) -> str:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
         yield entries
 

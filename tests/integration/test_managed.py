@@ -35,7 +35,8 @@ def launcher() -> FakeLauncher:
 def start(aiohttp_client: Any, launcher: FakeLauncher) -> Start:
     async def make(**extra: Any) -> TestClient:
         data: dict[str, Any] = {"models": MODELS, "log_level": "debug", **extra}
-        return await aiohttp_client(create_app(from_mapping(data, "test"), launcher))
+        client: TestClient = await aiohttp_client(create_app(from_mapping(data, "test"), launcher))
+        return client
 
     return make
 

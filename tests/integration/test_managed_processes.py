@@ -89,10 +89,12 @@ async def test_a_child_that_exits_at_start_answers_with_its_log(tmp_path: Path) 
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""})
         try:
             await wait_until_up(f"http://127.0.0.1:{port}/api/tags", proc)
-            async with aiohttp.ClientSession() as session:
-                async with session.post(f"http://127.0.0.1:{port}/api/generate", json={"model": "broken"}) as reply:
-                    assert reply.status == 500
-                    error = (await reply.json())["error"]
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"http://127.0.0.1:{port}/api/generate", json={"model": "broken"}) as reply,
+            ):
+                assert reply.status == 500
+                error = (await reply.json())["error"]
             assert "vLLM could not start model 'broken:latest'" in error and "CUDA out of memory" in error
         finally:
             proc.terminate()

@@ -127,16 +127,31 @@ def test_a_launch_entry_with_every_key() -> None:
     ("data", "message"),
     [
         pytest.param({"models": [{"name": "x", "launch": {"args": []}}]}, "models[0].launch.model: missing", id="no model"),
-        pytest.param({"models": [{"name": "x", "launch": {"model": "m", "gpu_share": 1.5}}]},
-                     "models[0].launch.gpu_share: expected a fraction", id="share over one"),  # fmt: skip
-        pytest.param({"models": [{"name": "x", "launch": {"model": "m", "keep_alive": "10"}}]},
-                     'models[0].launch.keep_alive: time: missing unit in duration "10"', id="bad keep_alive"),  # fmt: skip
-        pytest.param({"models": [{"name": "x", "launch": {"model": "m", "pinnd": True}}]},
-                     "models[0].launch.pinnd: unknown key", id="unknown launch key"),  # fmt: skip
-        pytest.param({"backends": ["http://a"], "models": [{"name": "x", "backend": "a", "launch": {"model": "m"}}]},
-                     "models[0].launch: a model is either launched by the proxy or served by a backend", id="both"),  # fmt: skip
-        pytest.param({"models": [{"name": "x", "launch": "m"}, {"name": "X:latest", "launch": "n"}]},
-                     "models[1].name: 'X:latest' is already a managed model", id="the same name twice"),  # fmt: skip
+        pytest.param(
+            {"models": [{"name": "x", "launch": {"model": "m", "gpu_share": 1.5}}]},
+            "models[0].launch.gpu_share: expected a fraction",
+            id="share over one",
+        ),  # fmt: skip
+        pytest.param(
+            {"models": [{"name": "x", "launch": {"model": "m", "keep_alive": "10"}}]},
+            'models[0].launch.keep_alive: time: missing unit in duration "10"',
+            id="bad keep_alive",
+        ),  # fmt: skip
+        pytest.param(
+            {"models": [{"name": "x", "launch": {"model": "m", "pinnd": True}}]},
+            "models[0].launch.pinnd: unknown key",
+            id="unknown launch key",
+        ),  # fmt: skip
+        pytest.param(
+            {"backends": ["http://a"], "models": [{"name": "x", "backend": "a", "launch": {"model": "m"}}]},
+            "models[0].launch: a model is either launched by the proxy or served by a backend",
+            id="both",
+        ),  # fmt: skip
+        pytest.param(
+            {"models": [{"name": "x", "launch": "m"}, {"name": "X:latest", "launch": "n"}]},
+            "models[1].name: 'X:latest' is already a managed model",
+            id="the same name twice",
+        ),  # fmt: skip
         pytest.param({"max_queue": 0}, "max_queue: expected a whole number >= 1", id="max_queue zero"),
     ],
 )
@@ -150,11 +165,19 @@ def test_bad_launch_config(data: Any, message: str) -> None:
     ("file", "env", "expected"),
     [
         pytest.param({}, {}, (300.0, 0, 512), id="defaults"),
-        pytest.param({}, {"OLLAMA_KEEP_ALIVE": "1h", "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_MAX_QUEUE": "9"},
-                     (3600.0, 2, 9), id="Ollama's variables"),  # fmt: skip
+        pytest.param(
+            {},
+            {"OLLAMA_KEEP_ALIVE": "1h", "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_MAX_QUEUE": "9"},
+            (3600.0, 2, 9),
+            id="Ollama's variables",
+        ),  # fmt: skip
         pytest.param({}, {"OLLAMA_KEEP_ALIVE": "-1"}, (float("inf"), 0, 512), id="forever as a plain number"),
-        pytest.param({"keep_alive": "1m", "max_loaded": 1, "max_queue": 3}, {"OLLAMA_KEEP_ALIVE": "1h",
-                     "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_MAX_QUEUE": "9"}, (60.0, 1, 3), id="config keys win"),  # fmt: skip
+        pytest.param(
+            {"keep_alive": "1m", "max_loaded": 1, "max_queue": 3},
+            {"OLLAMA_KEEP_ALIVE": "1h", "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_MAX_QUEUE": "9"},
+            (60.0, 1, 3),
+            id="config keys win",
+        ),  # fmt: skip
     ],
 )
 def test_ollama_env_vars(file: dict[str, Any], env: dict[str, str], expected: tuple[float, int, int]) -> None:
@@ -171,7 +194,7 @@ def test_serve_needs_a_backend_or_a_model(monkeypatch: pytest.MonkeyPatch, capsy
     from proxy import __main__, workers
 
     started: list[Config] = []
-    monkeypatch.setattr(workers, "run", lambda config: started.append(config) or 0)
+    monkeypatch.setattr(workers, "run", lambda config: started.append(config) or 0)  # type: ignore[func-returns-value]
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     assert __main__.main(["serve"]) == 2
     assert "no backend: pass --backend URL or --model MODEL" in capsys.readouterr().err

@@ -80,7 +80,8 @@ def test_text_streams(capture: str, kind: str, done_reason: str, step: int) -> N
         assert final["eval_count"] == usage["completion_tokens"]
         assert final["prompt_eval_count"] == usage["prompt_tokens"]
     folded = fold_capture(capture, type(translator)("tiny", 0), "message" if kind == "chat" else "")
-    assert key(folded) == text and folded["done_reason"] == done_reason
+    folded_text = folded["message"]["content"] if kind == "chat" else folded["response"]
+    assert folded_text == text and folded["done_reason"] == done_reason
 
 
 def test_streamed_tool_call_arrives_whole_with_object_arguments() -> None:

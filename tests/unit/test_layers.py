@@ -18,12 +18,15 @@ PROXY = Path(__file__).resolve().parents[2] / "proxy"
 # The names that open a connection or a process, and the modules allowed to use them.
 OPENERS = {"ClientSession", "TCPConnector", "UnixConnector", "create_connection", "open_connection",
            "create_subprocess_exec", "create_subprocess_shell", "Popen", "socket"}  # fmt: skip
-SEAM = {"backend.py", "fastrelay.py"}
+# backend.py and h1client.py talk to vLLM; managed/launcher and managed/shim start it;
+# workers.py starts and supervises the proxy's own worker processes.
+SEAM = {"backend.py", "h1client.py", "workers.py"}
 
 
 def is_seam(path: Path) -> bool:
     rel = path.relative_to(PROXY)
-    return rel.name in SEAM and len(rel.parts) == 1 or rel.parts[:1] == ("managed",) and rel.name.startswith("launcher")
+    in_managed = rel.parts[:1] == ("managed",) and rel.name.startswith(("launcher", "shim"))
+    return rel.name in SEAM and len(rel.parts) == 1 or in_managed
 
 
 def openers_used(source: str) -> set[str]:
@@ -60,4 +63,4 @@ def test_only_the_backend_seam_opens_upstream_connections() -> None:
 
 def test_the_seam_is_where_connections_are_opened() -> None:
     assert openers_used((PROXY / "backend.py").read_text()) >= {"ClientSession", "TCPConnector"}
-    assert "create_connection" in openers_used((PROXY / "fastrelay.py").read_text())
+    assert "create_connection" in openers_used((PROXY / "h1client.py").read_text())
