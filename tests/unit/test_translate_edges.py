@@ -14,7 +14,8 @@ from proxy.errors import BackendError, BadRequest
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
 from proxy.translate.common import arguments_to_object, image_data_url, keep_alive_seconds, l2_normalise
 from proxy.translate.embed import to_ollama_embeddings, vectors
-from proxy.translate.generate import GenerateStreamTranslator
+from proxy.translate.fields import check_message, go_kind
+from proxy.translate.generate import GenerateStreamTranslator, to_openai_context_tokenize_request
 from proxy.translate.models import ModelFacts, to_ollama_ps, to_ollama_show
 from proxy.translate.options import to_openai_params
 from proxy.translate.stream import to_ollama_logprobs
@@ -229,3 +230,61 @@ def test_usage_without_prompt_tokens_reports_only_the_eval_count() -> None:
 )
 def test_logprobs_edge_shapes(logprobs: dict[str, Any], expected: list[dict[str, Any]] | None) -> None:
     assert to_ollama_logprobs(logprobs) == expected
+
+
+# -- type checks the translators keep for callers that skip proxy/translate/fields.py ----------
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        pytest.param({"messages": [], "tools": {"f": 1}}, "ChatRequest.tools of type api.Tools", id="tools not a list"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": 3}]}, "Message.messages.content of type string", id="content not text"
+        ),
+        pytest.param({"messages": [], "options": [1]}, "cannot unmarshal options", id="options not an object"),
+    ],
+)
+def test_chat_translator_refuses_wrong_types(request_: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        to_openai_chat_request(request_, "tiny", {})
+
+
+@pytest.mark.parametrize(
+    "message, error",
+    [
+        pytest.param({"role": "user", "images": [1]}, "messages.images of type api.ImageData", id="image not base64 text"),
+        pytest.param(
+            {"role": "assistant", "tool_calls": ["f"]}, "messages.tool_calls of type api.ToolCall", id="call not an object"
+        ),
+        pytest.param(
+            {"role": "assistant", "tool_calls": [{"function": "f"}]}, "api.ToolCallFunction", id="function not an object"
+        ),
+        pytest.param(
+            {"role": "assistant", "tool_calls": [{"id": 1, "function": {}}]}, "tool_calls.id of type string", id="id a number"
+        ),
+        pytest.param(
+            {"role": "assistant", "tool_calls": [{"function": {"name": 1}}]}, "function.name of type string", id="name a number"
+        ),
+    ],
+)
+def test_message_fields_are_checked_as_go_decodes_them(message: dict[str, Any], error: str) -> None:
+    with pytest.raises(BadRequest, match=error):
+        check_message(message)
+
+
+@pytest.mark.parametrize(
+    "value, kind",
+    [
+        pytest.param(True, "bool", id="bool"),
+        pytest.param({"a": 1}, "object", id="object"),
+        pytest.param([1], "array", id="array"),
+    ],
+)
+def test_go_kind_names_json_values_as_go_does(value: Any, kind: str) -> None:
+    assert go_kind(value) == kind
+
+
+def test_context_tokenize_with_prompt_ids_tokenizes_the_output_alone() -> None:
+    body = to_openai_context_tokenize_request({"prompt": "hi"}, "tiny", "Hello", [1, 2])
+    assert body == {"model": "tiny", "prompt": "Hello", "add_special_tokens": False}
