@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
                        help="run vLLM for this Hugging Face id or local path on demand (repeatable); "
                        "NAME is its Ollama name")  # fmt: skip
-    serve.add_argument("--vllm-python", metavar="PATH",
-                       help="the Python that has vLLM installed, for --model and launch: entries (default: this one)")
+    serve.add_argument(
+        "--vllm-python",
+        metavar="PATH",
+        help="the Python that has vLLM installed, for --model and launch: entries (default: this one)",
+    )
     serve.add_argument("--vllm-args", default="", metavar='"ARGS"',
                        help='extra vLLM arguments for every --model, e.g. "--dtype float32 --enforce-eager"')  # fmt: skip
     return parser

@@ -46,4 +46,3 @@ def raw_channel(writer: AbstractStreamWriter) -> tuple[asyncio.WriteTransport, b
     if transport is None:
         raise ConnectionResetError("the client closed the connection")
     return transport, chunked
-

@@ -48,8 +48,7 @@ async def read_body(request: web.Request) -> bytearray:
                 wire = stream.total_raw_bytes
                 if len(body) > INFLATE_RATIO * wire:
                     raise too_large(
-                        f"the {encoding} body inflates to more than {INFLATE_RATIO} times its "
-                        f"{wire} bytes on the wire"
+                        f"the {encoding} body inflates to more than {INFLATE_RATIO} times its {wire} bytes on the wire"
                     )
     except RequestPayloadError as exc:
         cause = exc.__cause__

@@ -336,4 +336,3 @@ def _check_features(route: Route, name: str, body: dict[str, Any], images: bool)
 def _full_name(name: str) -> str:
     parsed = names.parse(name)
     return f"{parsed.host}/{parsed.namespace}/{parsed.model}:{parsed.tag}" if parsed else name
-
