@@ -58,6 +58,20 @@ async def until(condition: object, timeout: float = 10.0) -> float:
     return time.monotonic() - started
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port`` (it accepts connections)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -95,7 +109,7 @@ async def service(fake: FakeVLLM) -> AsyncIterator[Service]:
     svc = Service(proc, port)
     try:
         await wait_until_up(f"{svc.base}/api/version", proc)
-        await until(lambda: len(svc.workers()) == 2)
+        await until(lambda: len(svc.workers()) == 2 and all(listening(p, port) for p in svc.workers()))
         yield svc
     finally:
         left = svc.workers()
