@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy import names
+from proxy import catalog, names
 from proxy.confcheck import ConfigError as ConfigError
 from proxy.confcheck import boolean as _bool
 from proxy.confcheck import choice as _choice
@@ -82,6 +82,7 @@ class ModelEntry:
     options: dict[str, Any] = field(default_factory=dict)  # defaults under request options
     fim: str | None = None  # fill-in-the-middle prompt family for generate `suffix`
     launch: LaunchSettings | None = None  # a managed model: the proxy runs vLLM for it (backend is "")
+    system: str = ""  # default system prompt, used when a request brings none (Modelfile SYSTEM)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Config:
     timeouts: Timeouts = Timeouts()
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelEntry, ...] = ()
+    library: catalog.LibrarySettings = catalog.LibrarySettings()  # catalog:, delete_weights
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
     managed_socket: str = ""  # set by the supervisor with --workers N: the owner of the managed models
@@ -246,7 +248,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
         "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
-        "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python"}  # fmt: skip
+        "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -302,6 +304,7 @@ def _config(data: Any, source: str) -> Config:
         elif entry.backend not in known:
             raise ConfigError(f"models[{i}].backend: no backend named {entry.backend!r}")
     kw["models"] = tuple(models)
+    kw["library"] = catalog.settings(data)
     return Config(**kw)
 
 
@@ -343,7 +346,7 @@ def _backend(data: Any, where: str) -> BackendConfig:
 
 
 _MODEL_KEYS = {"name", "backend", "served", "family", "parameter_size", "quantization_level",
-               "size", "capabilities", "options", "fim", "launch"}  # fmt: skip
+               "size", "capabilities", "options", "fim", "launch", "system"}  # fmt: skip
 
 
 def _model(data: Any, where: str) -> ModelEntry:
@@ -378,6 +381,7 @@ def _model(data: Any, where: str) -> ModelEntry:
         options=dict(options),
         fim=_choice(data["fim"], f"{where}.fim", tuple(FIM_TEMPLATES)) if "fim" in data else None,
         launch=launch,
+        system=_optional_str(data, "system", where),
     )
 
 

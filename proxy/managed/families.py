@@ -32,7 +32,14 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen2.5", (*_TOOLS, "hermes"), ("completion", "tools")),
     Family("llama-3", (*_TOOLS, "llama3_json"), ("completion", "tools")),
     Family("llama3", (*_TOOLS, "llama3_json"), ("completion", "tools")),
+    # Mistral and Mixtral (their repos live under mistralai/).
     Family("mistral", (*_TOOLS, "mistral"), ("completion", "tools")),
+    Family("mixtral", (*_TOOLS, "mistral"), ("completion", "tools")),
+    # Phi-4-mini has its own JSON tool format; Phi-3 and Phi-4 (14B) call no tools.
+    Family("phi-4-mini", (*_TOOLS, "phi4_mini_json"), ("completion", "tools")),
+    Family("phi-", (), ("completion",)),
+    # Gemma 2 and 3: vLLM has no tool-call parser for them (vllm/tool_parsers/ in 0.32).
+    Family("gemma", (), ("completion",)),
     Family("gpt-oss", (*_TOOLS, "openai", "--reasoning-parser", "openai_gptoss"), ("completion", "tools", "thinking")),
     Family("granite", (*_TOOLS, "granite"), ("completion", "tools")),
 )
