@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.config) if args.config else Config()
         config = config.with_cli(args.backend, args.listen, dict(os.environ), args.workers,
                                  args.model, args.vllm_python, args.vllm_args)  # fmt: skip
-        if not config.backends and not config.managed:
+        if not config.backends and not config.managed and config.library.catalog is None:
             raise ConfigError("no backend: pass --backend URL or --model MODEL, or list backends or launch: models in the config")
     except ConfigError as exc:
         print(f"ollama-vllm-proxy: configuration error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from proxy.config import Config
 from proxy.cors import Cors
 from proxy.discovery import Discovery
 from proxy.keepalive import KeepAlive
-from proxy.managed import service
+from proxy.managed import library, service, weights
 from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
@@ -33,7 +33,7 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     )
     app.on_response_prepare.append(cors.on_prepare)
     app[CONFIG] = config
-    app[REGISTRY] = Registry(config)
+    app[REGISTRY] = Registry(config, weights.present)
     app[CLOCK] = Clock()
     if launcher is not None:
         app[LAUNCHER] = launcher
@@ -51,7 +51,8 @@ async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]
     await discovery.refresh()  # serve the first /api/tags with models already listed
     app[KEEPALIVE] = keepalive = KeepAlive(app[UPSTREAM], config.backends, config.keep_alive, timers)
     tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run())]
-    if config.managed:
+    managed_on = bool(library.managed(config))
+    if managed_on:
         app[MANAGED] = managed = service.host(config, app.get(LAUNCHER))
         tasks.append(asyncio.create_task(managed.preload()))
     yield
@@ -59,6 +60,6 @@ async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    if config.managed:
+    if managed_on:
         await app[MANAGED].close()  # stops every vLLM this process started
     await session.close()

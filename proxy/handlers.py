@@ -54,6 +54,9 @@ async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
     if route is None:
         await request.app[DISCOVERY].refresh_if_stale()
         route = registry.resolve(name)
+    if route is None and registry.library_repo(name) is not None:
+        # A library name not downloaded yet: older Ollama servers' text; `ollama run` pulls on a 404.
+        raise errors.ModelNotFound(f"model '{name}' not found, try pulling it first")
     if route is None:
         raise unknown(registry, endpoint, name)
     request[CONTEXT].log["backend"] = route.backend.name

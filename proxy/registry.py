@@ -1,15 +1,19 @@
 """Which Ollama name is served by which backend under which served name. State only, no I/O:
 discovery feeds it what each backend's ``/v1/models`` listed. Managed models (``launch:``)
-are listed whether running or not; their backend URL is only known while they run."""
+are listed whether running or not; their backend URL is only known while they run.
+Library models (proxy/managed/library.py) are routed and listed only while ``present``
+(injected: the Hugging Face cache check) finds their weights."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from proxy import names
 from proxy.config import BackendConfig, Config, ModelEntry
+from proxy.managed import library
 from proxy.translate import fim
 from proxy.translate.models import ModelFacts
 
@@ -30,13 +34,25 @@ class BackendState:
     seen_ns: dict[str, int] = field(default_factory=dict)  # served name → first seen (epoch ns)
 
 
+def _absent(_: str) -> bool:
+    return False
+
+
 class Registry:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, present: Callable[[str], bool] = _absent) -> None:
         self._states = {b.name: BackendState(b) for b in config.backends}
         self._by_url = {b.url: b.name for b in config.backends}
         self._aliases = [m for m in config.models if m.launch is None]
         self._managed: dict[str, tuple[ModelEntry, BackendState]] = {}
-        for entry in config.managed:
+        self._present = present
+        self._library: dict[str, str] = {}  # key → repository, for the library's models
+        self._alias: dict[str, str] = {}  # a library alias's key → its model's key
+        self._catalog = library.lookup(config) if library.on(config) else None
+        for entry, item in library.entries(config):
+            key = str(names.key(entry.name))
+            self._library[key] = item.repo
+            self._alias.update({str(names.key(a)): key for a in item.aliases})
+        for entry in library.managed(config):
             assert entry.launch is not None
             state = BackendState(BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False))
             state.capabilities[entry.served] = entry.launch.capabilities()
@@ -83,10 +99,26 @@ class Registry:
 
     def resolve(self, name: str) -> Route | None:
         key = names.key(name)
-        return self._routes.get(key) if key else None
+        if not key:
+            return None
+        if key not in self._routes:
+            key = self._alias.get(key, key)
+        route = self._routes.get(key)
+        if route is not None and key in self._library and not self._present(self._library[key]):
+            return None  # a library name whose weights are not downloaded
+        return route
 
     def models(self) -> list[ModelFacts]:
-        return [r.facts for r in self._routes.values()]
+        return [r.facts for k, r in self._routes.items() if k not in self._library or self._present(self._library[k])]
+
+    def library_repo(self, name: str) -> str | None:
+        """The Hugging Face repository of a catalog name or a managed model, for /api/pull."""
+        key = names.key(name)
+        managed = self._managed.get(self._alias.get(str(key), str(key))) if key else None
+        if managed is not None and managed[0].launch is not None:
+            return managed[0].launch.model
+        found = self._catalog.find(name) if self._catalog else None
+        return found.repo if found else None
 
     def unreachable(self) -> list[BackendState]:
         """Backends whose models are discovered but whose last listing failed: a name

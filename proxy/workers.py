@@ -37,6 +37,7 @@ from types import FrameType
 from typing import IO
 
 from proxy.config import Config
+from proxy.managed import library
 from proxy.managed.control import Owner
 from proxy.server import serve
 
@@ -65,7 +66,7 @@ def run(config: Config) -> int:
 def _managed_owner(config: Config) -> Owner | None:
     """With managed models, the parent owns them (proxy/managed/control.py) and the
     workers ask it over a Unix socket, so a model starts once whatever worker asks."""
-    if not config.managed:
+    if not library.managed(config):
         return None
     from proxy import logs  # noqa: PLC0415
     from proxy.managed import service  # noqa: PLC0415

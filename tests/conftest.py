@@ -13,6 +13,16 @@ from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM, Model
 
 
+@pytest.fixture(autouse=True)
+def empty_hf_cache(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Library models are listed once their weights are in the Hugging Face cache: tests
+    see an empty cache of their own, not the machine's (e2e tests keep the real one)."""
+    if "e2e" not in request.keywords:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeVLLM]:
     server = FakeVLLM(

@@ -13,6 +13,7 @@ import structlog
 
 from proxy import names
 from proxy.config import Config
+from proxy.managed import library
 from proxy.managed.host import Clock, Host, Plan
 from proxy.managed.process import Child, Launcher, LaunchSpec, StartFailed
 from proxy.managed.scheduler import Scheduler
@@ -24,7 +25,7 @@ log = structlog.get_logger("proxy.managed")
 
 def plans(config: Config) -> list[Plan]:
     out = []
-    for entry in config.managed:
+    for entry in library.managed(config):
         launch = entry.launch
         assert launch is not None
         parsed = names.parse(entry.name)

@@ -1,0 +1,40 @@
+"""Ollama library names as managed models: with managed models on (a ``launch:`` model,
+``--model``, or a ``catalog:`` key), every catalog entry that is not configured is a
+managed model too, served once its weights are in the Hugging Face cache (as Ollama serves
+any pulled model) and listed by /api/tags only then."""
+
+from __future__ import annotations
+
+from proxy import catalog, names
+from proxy.config import Config, ModelEntry
+
+
+def on(config: Config) -> bool:
+    return bool(config.managed) or config.library.catalog is not None
+
+
+def lookup(config: Config) -> catalog.Catalog:
+    """The built-in catalog merged with the config's entries."""
+    return catalog.merged(config.library.catalog or ())
+
+
+def entries(config: Config) -> list[tuple[ModelEntry, catalog.Entry]]:
+    """One managed model per catalog entry whose names are all free (not configured)."""
+    if not on(config):
+        return []
+    taken = {names.key(m.name) for m in config.models}
+    out = []
+    for item in lookup(config).entries:
+        if any(names.key(n) in taken for n in item.names):
+            continue
+        display = names.parse(item.name)
+        assert display is not None  # the catalog validated it
+        size = "" if item.params_b is None else f"{item.params_b:g}B"
+        out.append((ModelEntry(name=display.display(), backend="", served=display.display(), parameter_size=size,
+                               launch=item.launch()), item))  # fmt: skip
+    return out
+
+
+def managed(config: Config) -> tuple[ModelEntry, ...]:
+    """Every managed model: the configured ones, then the library's."""
+    return (*config.managed, *(m for m, _ in entries(config)))
