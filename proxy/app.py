@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import openai_routes, routes
+from proxy import library_routes, openai_routes, routes
 from proxy.backend import Upstream, create_session
 from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
@@ -40,6 +40,7 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     app.cleanup_ctx.append(lambda app: _backends(app, timers))
     app.add_routes(routes.routes)
     app.add_routes(openai_routes.routes)
+    app.add_routes(library_routes.routes)
     return app
 
 

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from proxy import errors, fastrelay, h1client, names
-from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag, unknown
+from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
 from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
@@ -183,32 +183,11 @@ async def embeddings(request: web.Request) -> web.Response:
     return json_response({"embedding": embed_t.vectors(response, 1)[0]})
 
 
-@routes.post("/api/pull")
-async def pull(request: web.Request) -> web.Response:
-    body = await read_json(request, "PullRequest")
-    fields.check(body, fields.PULL, "PullRequest")
-    name = _required(body, "PullRequest")
-    if request.app[REGISTRY].resolve(name) is None:
-        if request.app[REGISTRY].unreachable():
-            raise unknown(request.app[REGISTRY], "pull", name)
-        raise errors.ModelNotFound(
-            f"pull model manifest: model {name!r} is not served by any vLLM backend; start vLLM with it "
-            "(--served-model-name) or map the name to a served model in config.yaml"
-        )
-    # Already served: nothing to download. Ollama's sequence starts "pulling manifest".
-    if not stream_flag(body, "PullRequest"):
-        return json_response({"status": "success"})
-    lines = b'{"status":"pulling manifest"}\n{"status":"success"}\n'
-    return web.Response(body=lines, content_type="application/x-ndjson")
-
-
 _UNSUPPORTED = {
     "push": "pushing models is not supported: the models are served by vLLM",
     "create": "creating models is not supported: start vLLM with the model, or add an alias with default "
     "options under `models:` in the proxy's config.yaml",
     "copy": "copying models is not supported: add an alias under `models:` in the proxy's config.yaml",
-    "delete": "deleting models is not supported: stop the vLLM server that serves it, or remove its alias "
-    "from the proxy's config.yaml",
     "blobs": "blobs are not supported: models are loaded by vLLM, not uploaded to the proxy",
 }
 
@@ -223,7 +202,6 @@ def _unsupported(kind: str) -> Any:
 routes.post("/api/push")(_unsupported("push"))
 routes.post("/api/create")(_unsupported("create"))
 routes.post("/api/copy")(_unsupported("copy"))
-routes.delete("/api/delete")(_unsupported("delete"))
 routes.route("*", "/api/blobs/{digest}")(_unsupported("blobs"))
 
 

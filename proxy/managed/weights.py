@@ -28,9 +28,14 @@ def repo_dir(repo: str) -> Path:
     return cache_dir() / ("models--" + repo.replace("/", "--"))
 
 
+def is_path(model: str) -> bool:
+    """vLLM's --model is a local directory rather than a Hugging Face id."""
+    return model.startswith(("/", ".", "~")) or os.path.isdir(model)
+
+
 def present(repo: str) -> bool:
     """A snapshot of ``repo`` with at least one weights file (a local path: it exists)."""
-    if repo.startswith(("/", ".", "~")):
+    if is_path(repo):
         return Path(repo).expanduser().exists()
     snapshots = repo_dir(repo) / "snapshots"
     try:

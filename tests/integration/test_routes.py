@@ -726,8 +726,6 @@ async def test_wrong_method_is_405(client: TestClient, method: str, path: str) -
         pytest.param("DELETE", "/api/delete", {"model": "tiny"}, id="delete"),
         pytest.param("POST", "/api/blobs/sha256:" + "0" * 64, b"bytes", id="blob-upload"),
         pytest.param("HEAD", "/api/blobs/sha256:" + "0" * 64, None, id="blob-head"),
-        pytest.param("POST", "/api/pull", {"model": "never-heard-of-it"}, id="pull-unknown"),
-        pytest.param("POST", "/api/pull", {"model": "never-heard-of-it", "stream": False}, id="pull-unknown-no-stream"),
     ],
 )
 async def test_model_management_is_a_json_error_not_500(client: TestClient, method: str, path: str, body: Any) -> None:
@@ -742,10 +740,13 @@ async def test_model_management_is_a_json_error_not_500(client: TestClient, meth
     assert list(reply) == ["error"] and reply["error"]
 
 
-async def test_pull_unknown_model_says_what_to_do(client: TestClient) -> None:
-    status, _, raw = await post(client, "/api/pull", {"model": "never-heard-of-it"})
-    assert status == 404
-    assert "never-heard-of-it" in orjson.loads(raw)["error"]
+async def test_pull_unknown_model_is_ollamas_error(client: TestClient) -> None:
+    """Ollama streams the error after `pulling manifest` (200), or answers 500 without a stream."""
+    status, ctype, raw = await post(client, "/api/pull", {"model": "never-heard-of-it"})
+    assert (status, ctype) == (200, NDJSON)
+    assert ndjson(raw) == [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+    status, ctype, raw = await post(client, "/api/pull", {"model": "never-heard-of-it", "stream": False})
+    assert (status, ctype, orjson.loads(raw)) == (500, JSON, {"error": "pull model manifest: file does not exist"})
 
 
 @pytest.mark.parametrize("key", ["model", "name"])
