@@ -171,4 +171,5 @@ class Registry:
             options=dict(entry.options) if entry else {},
             configured=bool(entry and (entry.capabilities or entry.launch)),  # a launch spec names its parsers
             fim=fim_family if "insert" in caps else None,
+            system=entry.system if entry else "",
         )

@@ -21,7 +21,7 @@ from proxy.translate import embed as embed_t
 from proxy.translate import fields
 from proxy.translate import models as models_t
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
-from proxy.translate.common import keep_alive_seconds
+from proxy.translate.common import keep_alive_seconds, with_system
 from proxy.translate.generate import (
     GenerateStreamTranslator,
     to_openai_context_tokenize_request,
@@ -90,7 +90,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await _lifecycle(request, route, name, body, stream, {"message": {"role": "assistant", "content": ""}})
     _require_capability(route, name, "completion", "chat")
     _check_features(route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
-    translated = to_openai_chat_request(body, route.facts.served, route.facts.options, route.facts.max_model_len)
+    translated = to_openai_chat_request(with_system(body, route.facts.system), route.facts.served, route.facts.options,
+                                        route.facts.max_model_len)  # fmt: skip
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
     async with loaded(request, route, body.get("keep_alive")) as route:
         path = "/v1/chat/completions"
@@ -108,6 +109,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     prompt = field(body, "prompt", str, "GenerateRequest", "string")
     keep_alive_seconds(body.get("keep_alive"))
     route = await resolve(request, name, "generate")
+    body = with_system(body, route.facts.system)
     if not prompt and not body.get("suffix"):
         return await _lifecycle(request, route, name, body, stream, {"response": ""})
     _require_capability(route, name, "completion", "generate")

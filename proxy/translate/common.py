@@ -121,3 +121,21 @@ def keep_alive_seconds(value: Any) -> float | None:
         raise BadRequest(f'time: invalid duration "{value}"')
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _UNIT.findall(match.group(2)))
     return math.inf if match.group(1) == "-" and seconds > 0 else seconds
+
+
+def with_system(request: dict[str, Any], system: str) -> dict[str, Any]:
+    """A model's default system prompt (a Modelfile's SYSTEM) applied as Ollama's
+    server/routes.go does: a chat gets it as a first message unless its first message is
+    a system message; a generate request uses it when it has no ``system`` of its own
+    (and never in raw mode, which has no template)."""
+    if not system:
+        return request
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        first = messages[0] if messages else None
+        if isinstance(first, dict) and str(first.get("role") or "").lower() == "system":
+            return request
+        return {**request, "messages": [{"role": "system", "content": system}, *messages]}
+    if request.get("raw") or request.get("system"):
+        return request
+    return {**request, "system": system}

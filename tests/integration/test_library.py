@@ -99,3 +99,14 @@ async def test_without_managed_models_library_names_are_not_served(aiohttp_clien
     client = await aiohttp_client(create_app(from_mapping({"backends": ["http://127.0.0.1:9"]}, "test"), launcher))
     reply = await client.post("/api/chat", json=chat("qwen3:8b"))
     assert reply.status in (404, 502) and launcher.launched == []
+
+
+async def test_a_configured_system_prompt_reaches_vllm_when_the_chat_has_none(start: Start, launcher: FakeLauncher) -> None:
+    client = await start(models=[{"name": "alpha:1b", "launch": {"model": "org/alpha"}, "system": "Be brief."}])
+    assert (await client.post("/api/chat", json=chat("alpha:1b"))).status == 200
+    (child,) = launcher.launched
+    assert child.server is not None
+    assert child.server.last("/v1/chat/completions")["messages"][0] == {"role": "system", "content": "Be brief."}
+    own = {**chat("alpha:1b"), "messages": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "hi"}]}
+    assert (await client.post("/api/chat", json=own)).status == 200
+    assert [m["content"] for m in child.server.last("/v1/chat/completions")["messages"]] == ["Mine.", "hi"]
