@@ -36,11 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--vllm-args", default="", metavar='"ARGS"',
                        help='extra vLLM arguments for every --model, e.g. "--dtype float32 --enforce-eager"')  # fmt: skip
+    migrate = sub.add_parser("migrate", help="write a proxy config from an Ollama install")
+    migrate.add_argument("--from", dest="source", required=True, metavar="URL|PATH",
+                         help="a running Ollama (http://127.0.0.1:11434) or its model store (~/.ollama/models)")  # fmt: skip
+    migrate.add_argument("--out", metavar="PATH", help="where to write the config (default: standard output)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "migrate":
+        from proxy import migrate  # noqa: PLC0415 - only for this command
+
+        return migrate.main(args.source, args.out)
     try:
         config = load(args.config) if args.config else Config()
         config = config.with_cli(args.backend, args.listen, dict(os.environ), args.workers,
