@@ -59,7 +59,10 @@ async def pull(repo: str) -> AsyncGenerator[dict[str, Any], None]:
     stop = threading.Event()
 
     def emit(item: dict[str, Any] | BaseException | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed (the proxy stopped): nobody reads on
+            stop.set()
 
     def work() -> None:
         try:

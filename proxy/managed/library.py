@@ -1,9 +1,12 @@
 """Ollama library names as managed models: with managed models on (a ``launch:`` model,
 ``--model``, or a ``catalog:`` key), every catalog entry that is not configured is a
 managed model too, served once its weights are in the Hugging Face cache (as Ollama serves
-any pulled model) and listed by /api/tags only then."""
+any pulled model) and listed by /api/tags only then. Their vLLM runs with
+``HF_HUB_OFFLINE=1``: it loads the weights /api/pull put in the cache and asks no hub."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from proxy import catalog, names
 from proxy.config import Config, ModelEntry
@@ -31,7 +34,7 @@ def entries(config: Config) -> list[tuple[ModelEntry, catalog.Entry]]:
         assert display is not None  # the catalog validated it
         size = "" if item.params_b is None else f"{item.params_b:g}B"
         out.append((ModelEntry(name=display.display(), backend="", served=display.display(), parameter_size=size,
-                               launch=item.launch()), item))  # fmt: skip
+                               launch=replace(item.launch(), env={"HF_HUB_OFFLINE": "1"})), item))  # fmt: skip
     return out
 
 

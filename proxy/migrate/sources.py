@@ -32,7 +32,6 @@ class Found:
     system: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     adapters: bool = False  # ADAPTER (LoRA) layers
-    projector: bool = False  # a vision projector layer
 
 
 def read(source: str) -> list[Found]:
@@ -59,7 +58,6 @@ def from_server(url: str, timeout: float = 30.0) -> list[Found]:
             system=str(shown.get("system") or _modelfile_system(modelfile)),
             parameters=parse_parameters(str(shown.get("parameters") or "")),
             adapters=bool(re.search(r"^ADAPTER\s", modelfile, re.MULTILINE)),
-            projector=bool(shown.get("projector_info")),
         ))  # fmt: skip
     return out
 
@@ -133,8 +131,6 @@ def from_store(root: Path) -> list[Found]:
                 found.weights = digest
             elif kind == "adapter":
                 found.adapters = True
-            elif kind == "projector":
-                found.projector = True
             elif kind in ("template", "system", "params"):
                 text = _blob(root, digest)
                 if kind == "template":

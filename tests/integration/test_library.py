@@ -59,7 +59,7 @@ async def test_a_downloaded_library_name_starts_vllm_with_the_catalog_flags(star
     assert reply.status == 200, await reply.text()
     assert (await reply.json())["model"] == "qwen3"
     (child,) = launcher.launched
-    assert child.spec.model == "Qwen/Qwen3-8B"
+    assert child.spec.model == "Qwen/Qwen3-8B" and child.spec.env == {"HF_HUB_OFFLINE": "1"}  # weights are cached
     assert "--tool-call-parser" in child.spec.args and child.spec.args[-2:] == ("--reasoning-parser", "qwen3")
     show = await (await client.post("/api/show", json={"model": "qwen3:8b"})).json()
     assert {"tools", "thinking"} <= set(show["capabilities"])
