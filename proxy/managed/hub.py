@@ -124,7 +124,7 @@ def _download(repo: str, emit: Callable[[dict[str, Any]], None], stop: threading
             def close(self) -> None:
                 return None
 
-        hf_hub_download(repo, path, revision=info.sha, cache_dir=weights.cache_dir(), endpoint=endpoint, token=token,
+        hf_hub_download(repo, path, cache_dir=weights.cache_dir(), endpoint=endpoint, token=token,
                         tqdm_class=Progress)  # fmt: skip
         emit({**line, "completed": size})
 

@@ -96,6 +96,8 @@ async def test_the_ollama_client_pulls_with_progress_then_the_model_is_served(st
             "tokenizer_config.json",
         ]
         assert (snapshot(QWEN) / "model.safetensors").read_bytes() == tiny_repo()["model.safetensors"]
+        refs = snapshot(QWEN).parents[1] / "refs" / "main"
+        assert refs.read_text() == COMMIT  # vLLM (offline) finds `main` in the cache
         assert [m.model for m in (await client.list()).models] == ["qwen2.5:0.5b"]
         reply = await client.chat("qwen2.5:0.5b", messages=[{"role": "user", "content": "hi"}])
         assert reply.message.content == "Hello, world!"
