@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from proxy.__main__ import main as cli
 from proxy.config import load
 from proxy.migrate import main as migrate
+from proxy.migrate.sources import parse_parameters
 
 LLAMA_TEMPLATE = "{{ if .System }}<|start_header_id|>system<|end_header_id|>{{ .System }}<|eot_id|>{{ end }}..."
 
@@ -147,3 +148,63 @@ async def test_a_running_ollama_becomes_a_config_on_its_address(ollama_server: s
 async def test_an_unreachable_ollama_is_a_clear_error() -> None:
     code, _, stderr = await asyncio.to_thread(run, "http://127.0.0.1:9")
     assert code == 1 and "cannot reach Ollama" in stderr
+
+
+def _corrupt_manifest(root: Path) -> None:
+    (root / "manifests" / "registry.ollama.ai" / "library" / "bad").mkdir(parents=True)
+    (root / "manifests" / "registry.ollama.ai" / "library" / "bad" / "latest").write_text("{not json")
+
+
+def _missing_blob(root: Path) -> None:
+    manifest(root, "registry.ollama.ai/library/gone/latest", {"system": b"hi"})
+    for path in (root / "blobs").iterdir():
+        path.unlink()
+
+
+def _params_not_json(root: Path) -> None:
+    manifest(root, "registry.ollama.ai/library/odd/latest", {"params": b"temperature 1"})
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        pytest.param(_corrupt_manifest, "not a manifest", id="corrupt manifest"),
+        pytest.param(_missing_blob, "cannot read", id="missing blob"),
+        pytest.param(_params_not_json, "its params layer is not JSON", id="params not JSON"),
+    ],
+)
+def test_a_damaged_store_is_a_clear_error_not_a_traceback(tmp_path: Path, damage: Any, message: str) -> None:
+    root = tmp_path / "models"
+    (root / "manifests").mkdir(parents=True)
+    damage(root)
+    code, stdout, stderr = run(str(root))
+    assert code == 1 and stdout == "" and message in stderr and "Traceback" not in stderr
+
+
+@pytest.fixture
+async def broken_ollama() -> AsyncIterator[str]:
+    async def tags(_: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": "x:latest"}, {"name": "y:latest"}]})
+
+    async def show(request: web.Request) -> web.Response:
+        if (await request.json())["model"] == "x:latest":
+            return web.Response(text="<html>oops</html>")
+        return web.json_response({"error": "boom"}, status=500)
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_post("/api/show", show)
+    server = TestServer(app)
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+async def test_a_misbehaving_ollama_is_a_clear_error(broken_ollama: str) -> None:
+    code, _, stderr = await asyncio.to_thread(run, broken_ollama)
+    assert code == 1 and "/api/show: the answer is not JSON" in stderr
+
+
+def test_show_parameters_parse_like_ollama_prints_them() -> None:
+    text = 'num_ctx                        8192\nstop                           "<|im_end|>"\nstop "a b"\nmirostat_tau 5.5\nseed\n\nweird value here'
+    assert parse_parameters(text) == {"num_ctx": 8192, "stop": ["<|im_end|>", "a b"], "mirostat_tau": 5.5, "weird": "value here"}
