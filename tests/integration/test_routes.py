@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM, Model, fake_vector
 from tests.integration.helpers import (
     JSON,
@@ -1211,11 +1212,16 @@ async def test_a_model_the_backend_stopped_serving_is_404_after_a_refresh(start_
         assert "tiny:latest" not in {m["name"] for m in (await r.json())["models"]}
 
 
-async def test_a_model_started_after_the_proxy_is_found(client: TestClient, fake: FakeVLLM) -> None:
+async def test_a_model_started_after_the_proxy_is_found(start_proxy: Any, fake: FakeVLLM, session: Any) -> None:
+    clock = FakeTimers()
+    url = await start_proxy(backends=[{"url": fake.url, "name": "fake"}], timers=clock.timers())
     fake.models["late"] = Model()
-    await asyncio.sleep(1.1)  # the proxy looks again for an unknown name at most once a second
-    status, _, raw = await post(client, "/api/chat", {"model": "late", "messages": USER, "stream": False})
-    assert status == 200, raw
+    chat = {"model": "late", "messages": USER, "stream": False}
+    async with session.post(url + "/api/chat", json=chat) as r:
+        assert r.status == 404  # the listing is less than a second old: no second look yet
+    await clock.advance(1.05)  # the proxy looks again for an unknown name at most once a second
+    async with session.post(url + "/api/chat", json=chat) as r:
+        assert r.status == 200, await r.text()
     assert fake.last(CHAT)["model"] == "late"
 
 
