@@ -1,1 +1,0 @@
-"""Typed shapes of the two protocols the proxy speaks (plain dicts on the wire)."""
