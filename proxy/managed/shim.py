@@ -27,25 +27,41 @@ import subprocess
 import sys
 import time
 from types import FrameType
+from typing import NamedTuple
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.1
 
 
-def group_members(pgid: int, exclude: int = 0) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``, read from /proc."""
+class Process(NamedTuple):
+    pid: int
+    ppid: int
+    pgid: int
+    argv: list[bytes]  # empty unless asked for
+
+
+def live_processes(argv: bool = False) -> list[Process]:
+    """Every live (non-zombie) process, read from /proc; with ``argv``, command lines too."""
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == exclude:
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold ")"
+            if argv:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    args = fh.read().split(b"\0")
         except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry))
+            continue  # gone meanwhile
+        if fields[0] != "Z":
+            found.append(Process(int(entry), int(fields[1]), int(fields[2]), args if argv else []))
     return found
+
+
+def group_members(pgid: int, exclude: int = 0) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    return [p.pid for p in live_processes() if p.pgid == pgid and p.pid != exclude]
 
 
 def set_parent_death_signal(sig: int) -> None:

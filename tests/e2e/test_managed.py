@@ -25,26 +25,14 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import REPO, free_port
+from tests.procs import launched
 
 START_TIMEOUT_S = 300.0
 
 
 def vllm_servers(served: str) -> list[int]:
     """Live vLLM server processes serving ``served`` (not the launcher's shim)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        shim = any(a.endswith(b"shim.py") for a in args)
-        pairs = zip(args, args[1:], strict=False)
-        if state != "Z" and not shim and (b"--served-model-name", served.encode()) in pairs:
-            found.append(int(entry.name))
-    return found
+    return launched(lambda argv: (b"--served-model-name", served.encode()) in zip(argv, argv[1:], strict=False))
 
 
 def post(url: str, body: dict[str, Any], timeout: float = START_TIMEOUT_S) -> dict[str, Any]:

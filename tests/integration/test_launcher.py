@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from proxy.managed.launcher import SubprocessLauncher
 from proxy.managed.process import LaunchSpec, StartFailed
-from proxy.managed.shim import group_members
+from proxy.managed.shim import group_members, live_processes
 from tests.integration.test_workers_and_overload import REPO
 
 FAKE = (sys.executable, "-m", "tests.fakes.vllm_server")
@@ -72,7 +72,7 @@ async def test_a_child_that_never_serves_fails_after_the_ready_timeout() -> None
 async def test_kill_9_of_the_server_is_noticed_at_once_and_its_grandchild_is_stopped() -> None:
     child = await SubprocessLauncher().launch(spec("--grandchild"))
     await child.ready(30)
-    server = next(pid for pid in group_members(child.pid) if pid != child.pid and _parent(pid) == child.pid)
+    server = next(p.pid for p in live_processes() if p.pgid == child.pid and p.ppid == child.pid)
     os.kill(server, signal.SIGKILL)
     assert await asyncio.wait_for(child.exited(), 15) == 128 + signal.SIGKILL
     await until(lambda: group_members(child.pid) == [])
@@ -114,8 +114,3 @@ async def test_sigkill_of_the_proxy_leaves_no_process_of_the_group() -> None:
         proxy.stderr.close()
         for pid in group_members(pgid) if pgid else []:
             os.kill(pid, signal.SIGKILL)
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[1])

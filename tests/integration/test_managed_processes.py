@@ -17,25 +17,14 @@ import pytest
 import yaml
 
 from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+from tests.procs import launched
 
 pytest.importorskip("proxy.managed.launcher", reason="the subprocess launcher (proxy/managed/launcher.py) is not here yet")
 
 
 def fake_children(marker: str) -> list[int]:
-    """Live processes started with ``marker`` on their command line, not counting the
-    launcher's shim (proxy/managed/shim.py) that carries the same command line."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            shim = any(arg.endswith(b"shim.py") for arg in cmdline)
-            if marker.encode() in cmdline and state != "Z" and not shim:
-                found.append(int(entry.name))
-    return found
+    """Live processes started with ``marker`` on their command line (not the launcher's shim)."""
+    return launched(lambda argv: marker.encode() in argv)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

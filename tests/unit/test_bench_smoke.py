@@ -11,8 +11,8 @@ from bench.run import smoke_verdict
 
 
 def level(failed: int = 0, short: int = 0, best: float = 0.9, rounds: int = 3) -> dict[int, dict[str, Any]]:
-    load = {"streams": 16, "failed": 0, "short": 0, "errors": {}}
-    runs = [{"target": "direct", "load": dict(load)} for _ in range(rounds)]
+    load: dict[str, Any] = {"streams": 16, "failed": 0, "short": 0, "errors": {}}
+    runs: list[dict[str, Any]] = [{"target": "direct", "load": dict(load)} for _ in range(rounds)]
     runs += [{"target": "proxy", "load": dict(load)} for _ in range(rounds)]
     if rounds:
         runs[-1]["load"].update(failed=failed, short=short, errors={"error event: boom": failed} if failed else {})
