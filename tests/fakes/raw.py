@@ -43,11 +43,11 @@ def json_reply(body: Any, status: str = "200 OK") -> list[Step]:
     return [head(status, "Content-Type: application/json", f"Content-Length: {len(data)}") + data]
 
 
-class RawBackend:
+class LoopbackServer:
+    """An asyncio TCP server on 127.0.0.1 that runs ``serve`` for each connection, closes
+    the connection after it, and cancels every connection still open on ``stop``."""
+
     def __init__(self) -> None:
-        self.script: dict[str, list[Step]] = {}
-        self.requests: list[tuple[str, str, Any]] = []
-        self.closed_by_client = 0  # connections the client closed before the script ended
         self.url = ""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -63,13 +63,34 @@ class RawBackend:
         if self._server:
             self._server.close()
 
-    def bodies(self, path: str) -> list[Any]:
-        return [body for _, p, body in self.requests if p == path]
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        try:
+            await self.serve(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+            self._tasks.discard(task)
+
+
+class RawBackend(LoopbackServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.script: dict[str, list[Step]] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        self.closed_by_client = 0  # connections the client closed before the script ended
+
+    def bodies(self, path: str) -> list[Any]:
+        return [body for _, p, body in self.requests if p == path]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_head = await reader.readuntil(b"\r\n\r\n")
             method, path = request_head.split(b" ", 2)[:2]
@@ -92,9 +113,3 @@ class RawBackend:
                     self.closed_by_client += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             self.closed_by_client += 1
-        except asyncio.CancelledError:
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-            self._tasks.discard(task)

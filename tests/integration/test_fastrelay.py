@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.fakes.raw import END, LoopbackServer, chunk, head
 from tests.integration.helpers import JSON, NDJSON, ndjson
 
 StartProxy = Callable[..., Awaitable[str]]
@@ -33,12 +34,8 @@ def events(tokens: list[str], finish: str = "stop") -> list[bytes]:
     return [b"data: " + orjson.dumps(o) + b"\n\n" for o in objects] + [b"data: [DONE]\n\n"]
 
 
-def head(status: str, *headers: str) -> bytes:
-    return f"HTTP/1.1 {status}\r\n".encode() + b"".join(h.encode() + b"\r\n" for h in headers) + b"\r\n"
-
-
 def chunked(pieces: list[bytes]) -> bytes:
-    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    return b"".join(chunk(p) for p in pieces) + END
 
 
 SSE = "Content-Type: text/event-stream; charset=utf-8"
@@ -46,36 +43,20 @@ ERROR_400 = b'{"error":{"message":"too long","type":"BadRequestError","param":nu
 TOKENS = ["Hello", ",", " wörld", "!\n"]
 
 
-class ScriptedVLLM:
+class ScriptedVLLM(LoopbackServer):
     """Answers every POST with ``reply`` (pieces written one by one, ``pause`` s apart) and
     records what it was sent; GET /v1/models gets a 404 (the model is a configured alias)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.reply: list[bytes] = []
         self.pause = 0.0
         self.close_after = True  # close once the reply is written
         self.requests: list[tuple[bytes, bytes]] = []
         self.sent = 0  # bytes of reply the kernel took
         self.upstream_closed_at: float | None = None  # when the proxy closed its end
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self.url
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._server:
-            self._server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_head = await reader.readuntil(b"\r\n\r\n")
             if request_head.startswith(b"GET"):
@@ -93,10 +74,8 @@ class ScriptedVLLM:
                     await asyncio.sleep(self.pause)
             if not self.close_after:
                 await watch
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
-        finally:
-            writer.close()
 
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(ConnectionError):
