@@ -20,7 +20,7 @@ from proxy.managed import library, service, weights
 from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
 from proxy.registry import Registry
-from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, UPSTREAM
+from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, TOOLS_DROPPED, UPSTREAM
 from proxy.timers import SYSTEM, Timers
 
 
@@ -35,6 +35,7 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     app[CONFIG] = config
     app[REGISTRY] = Registry(config, weights.present)
     app[CLOCK] = Clock()
+    app[TOOLS_DROPPED] = set()
     if launcher is not None:
         app[LAUNCHER] = launcher
     app.cleanup_ctx.append(lambda app: _backends(app, timers))

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy import catalog, names
+from proxy import catalog, names, toolconf
 from proxy.confcheck import ConfigError as ConfigError
 from proxy.confcheck import boolean as _bool
 from proxy.confcheck import choice as _choice
@@ -54,6 +54,7 @@ class BackendConfig:
     discover: bool = True  # list the backend's /v1/models as Ollama models
     sleep_mode: bool = False  # vLLM runs with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
     sleep_level: int = 1  # 1: weights to CPU RAM (fast wake); 2: weights discarded
+    tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools (proxy/toolconf.py)
 
     @property
     def public_url(self) -> str:
@@ -83,6 +84,7 @@ class ModelEntry:
     fim: str | None = None  # fill-in-the-middle prompt family for generate `suffix`
     launch: LaunchSettings | None = None  # a managed model: the proxy runs vLLM for it (backend is "")
     system: str = ""  # default system prompt, used when a request brings none (Modelfile SYSTEM)
+    tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools; wins over the backend's
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,9 @@ def _timeouts(data: Any) -> Timeouts:
 def _backend(data: Any, where: str) -> BackendConfig:
     if isinstance(data, str):
         data = {"url": data}
-    _require_mapping(data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level"})
+    _require_mapping(
+        data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level", *toolconf.KEYS}
+    )
     if "url" not in data:
         raise ConfigError(f"{where}.url: missing")
     url = _str(data["url"], f"{where}.url").rstrip("/")
@@ -342,11 +346,12 @@ def _backend(data: Any, where: str) -> BackendConfig:
         discover=_bool(data.get("discover", True), f"{where}.discover"),
         sleep_mode=_bool(data.get("sleep_mode", False), f"{where}.sleep_mode"),
         sleep_level=_choice(data.get("sleep_level", 1), f"{where}.sleep_level", (1, 2)),
+        tools=toolconf.parse(data, where),
     )
 
 
 _MODEL_KEYS = {"name", "backend", "served", "family", "parameter_size", "quantization_level",
-               "size", "capabilities", "options", "fim", "launch", "system"}  # fmt: skip
+               "size", "capabilities", "options", "fim", "launch", "system", *toolconf.KEYS}  # fmt: skip
 
 
 def _model(data: Any, where: str) -> ModelEntry:
@@ -382,6 +387,7 @@ def _model(data: Any, where: str) -> ModelEntry:
         fim=_choice(data["fim"], f"{where}.fim", tuple(FIM_TEMPLATES)) if "fim" in data else None,
         launch=launch,
         system=_optional_str(data, "system", where),
+        tools=toolconf.parse(data, where),
     )
 
 

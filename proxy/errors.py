@@ -115,6 +115,19 @@ def not_found(endpoint: str, model: str) -> ModelNotFound:
     return ModelNotFound(f"model '{model}' not found")
 
 
+def no_tools(full_name: str, backend: str, managed: bool, configured: bool) -> BadRequest:
+    """Ollama's capability error, with what the operator can do about it."""
+    flags = "--enable-auto-tool-choice --tool-call-parser <parser>"
+    if managed:
+        fix = f"add {flags} to the model's launch.args in the proxy's config.yaml"
+    elif configured:
+        fix = f"list tools in its capabilities in the proxy's config.yaml once its vLLM runs with {flags}"
+    else:
+        fix = f"start its vLLM backend {backend} with {flags}"
+    return BadRequest(f"{full_name} does not support tools: {fix}, or set drop_unsupported_tools: true "
+                      "there to answer such chats without the tools")  # fmt: skip
+
+
 def to_ollama_error(exc: BaseException) -> tuple[int, dict[str, str]]:
     if isinstance(exc, ProxyError):
         return exc.status, {"error": exc.message}

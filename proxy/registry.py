@@ -6,12 +6,13 @@ Library models (proxy/managed/library.py) are routed and listed only while ``pre
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from proxy import names
+from proxy import names, toolconf
 from proxy.config import BackendConfig, Config, ModelEntry
 from proxy.managed import library
 from proxy.translate import fim
@@ -172,4 +173,14 @@ class Registry:
             configured=bool(entry and (entry.capabilities or entry.launch)),  # a launch spec names its parsers
             fim=fim_family if "insert" in caps else None,
             system=entry.system if entry else "",
+            drop_tools=toolconf.drops(entry.tools if entry else None, state.config.tools),
+            variant=_variant(entry),
         )
+
+
+def _variant(entry: ModelEntry | None) -> str:
+    """What an alias sets that changes how the model answers; "" for a plain alias."""
+    if entry is None or not (entry.options or entry.capabilities or entry.fim):
+        return ""
+    own = {"options": entry.options, "capabilities": entry.capabilities, "fim": entry.fim}
+    return json.dumps(own, sort_keys=True, default=str)

@@ -15,7 +15,7 @@ from proxy import errors, fastrelay, h1client, names
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
-from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
+from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, TOOLS_DROPPED, UPSTREAM
 from proxy.streaming import collect_ollama, json_response, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import fields
@@ -89,7 +89,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not messages:
         return await _lifecycle(request, route, name, body, stream, {"message": {"role": "assistant", "content": ""}})
     _require_capability(route, name, "completion", "chat")
-    _check_features(route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
+    body = _check_features(request, route, name, body, any(isinstance(m, dict) and m.get("images") for m in messages))
     translated = to_openai_chat_request(with_system(body, route.facts.system), route.facts.served, route.facts.options,
                                         route.facts.max_model_len)  # fmt: skip
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
@@ -113,7 +113,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not prompt and not body.get("suffix"):
         return await _lifecycle(request, route, name, body, stream, {"response": ""})
     _require_capability(route, name, "completion", "generate")
-    _check_features(route, name, body, bool(body.get("images")))
+    _check_features(request, route, name, body, bool(body.get("images")))
     if body.get("suffix") and "insert" not in route.facts.capabilities:
         raise errors.BadRequest(f"{_full_name(name)} does not support insert")
     async with loaded(request, route, body.get("keep_alive")) as route:
@@ -301,16 +301,26 @@ def _require_capability(route: Route, name: str, capability: str, action: str) -
         raise errors.BadRequest(f'"{name}" does not support {action}')
 
 
-def _check_features(route: Route, name: str, body: dict[str, Any], images: bool) -> None:
-    """Ollama's capability errors (ollama-api.md §1.3), for what the model cannot do."""
+def _check_features(request: web.Request, route: Route, name: str, body: dict[str, Any], images: bool) -> dict[str, Any]:
+    """Ollama's capability errors (server/routes.go), for what the model cannot do; the
+    body to send, without its tools where drop_unsupported_tools says so."""
     caps = route.facts.capabilities
     if body.get("tools") and "tools" not in caps:
-        raise errors.BadRequest(f"{_full_name(name)} does not support tools")
+        if not route.facts.drop_tools:
+            raise errors.no_tools(_full_name(name), route.backend.name, route.managed, route.facts.configured)
+        body = {k: v for k, v in body.items() if k != "tools"}
+        request[CONTEXT].log["tools_dropped"] = True
+        warned = request.app[TOOLS_DROPPED]
+        if route.facts.name not in warned:
+            warned.add(route.facts.name)
+            log.warning("answering chats without their tools: the model has no tool parser (drop_unsupported_tools)",
+                        model=route.facts.name, backend=route.backend.name)  # fmt: skip
     if images and "vision" not in caps:
         raise errors.BadRequest(f"{_full_name(name)} does not support vision")
     if body.get("think") and route.facts.configured and "thinking" not in caps:
         # Only configured capabilities are known: vLLM does not reveal a reasoning parser.
         raise errors.BadRequest(f'"{name}" does not support thinking')
+    return body
 
 
 def _full_name(name: str) -> str:

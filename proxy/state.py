@@ -24,6 +24,7 @@ CLOCK = web.AppKey("clock", Clock)
 KEEPALIVE = web.AppKey("keepalive", KeepAlive)
 MANAGED = web.AppKey("managed", Host)  # only set when managed models are configured
 LAUNCHER = web.AppKey("launcher", Launcher)  # a launcher given to create_app (tests)
+TOOLS_DROPPED = web.AppKey("tools_dropped", set[str])  # models already logged as answering without tools
 
 
 @dataclass

@@ -33,10 +33,17 @@ class ModelFacts(NamedTuple):
     configured: bool = False  # capabilities came from config, not from probing
     fim: str | None = None  # fill-in-the-middle family (translate/fim.py)
     system: str = ""  # default system prompt (config `system`, a Modelfile's SYSTEM)
+    drop_tools: bool = False  # drop_unsupported_tools: a chat's tools are left out, not refused
+    variant: str = ""  # an alias's own settings (options, capabilities, fim): hashed into its digest
 
 
 def digest(facts: ModelFacts) -> str:
+    """Stable per backend and served model. An alias with its own settings differs from its
+    target as a Modelfile ``PARAMETER`` makes a new model in Ollama; a plain alias shares
+    its target's digest, as ``ollama cp`` does."""
     identity = f"{facts.backend_url}\n{facts.served}\n{facts.root}"
+    if facts.variant:
+        identity += f"\n{facts.variant}"
     return hashlib.sha256(identity.encode()).hexdigest()
 
 

@@ -1066,7 +1066,9 @@ async def test_invalid_image_is_400(client: TestClient, upstream_count: Any) -> 
         pytest.param({"model": "tiny", "prompt": "x", "images": [PNG]},
                      "registry.ollama.ai/library/tiny:latest does not support vision", id="generate-images"),
         pytest.param({"model": "llava", "messages": USER, "tools": TOOLS},
-                     "registry.ollama.ai/library/llava:latest does not support tools", id="tools"),
+                     "registry.ollama.ai/library/llava:latest does not support tools: start its vLLM backend fake with "
+                     "--enable-auto-tool-choice --tool-call-parser <parser>, or set drop_unsupported_tools: true there "
+                     "to answer such chats without the tools", id="tools"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("stream", [pytest.param(True, id="stream"), pytest.param(False, id="no-stream")])

@@ -24,6 +24,7 @@ def test_shipped_config_loads() -> None:
     assert managed.launch.gpu_share == 0.5 and managed.launch.args == ("--max-model-len", "16384")
     assert (config.max_loaded, config.max_queue, config.queue_timeout, config.load_timeout) == (0, 512, 60, 600)
     assert config.timeouts.idle == 120.0  # documented there, with first_byte
+    assert config.backends[0].tools.drop_unsupported is False and config.models[0].tools.drop_unsupported is None
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,19 @@ def test_shipped_config_loads() -> None:
             id="alias without served",
         ),  # fmt: skip
         pytest.param({"backends": "http://a"}, "backends: expected a list", id="backends not a list"),
+        pytest.param(
+            {"backends": [{"url": "http://a", "drop_unsupported_tools": "yes"}]},
+            "backends[0].drop_unsupported_tools: expected true or false",
+            id="drop_unsupported_tools not a bool",
+        ),
+        pytest.param(
+            {
+                "backends": [{"url": "http://a"}],
+                "models": [{"name": "x", "backend": "a", "served": "y", "drop_unsupported_tools": 1}],
+            },
+            "models[0].drop_unsupported_tools: expected true or false",
+            id="model drop_unsupported_tools",
+        ),
         pytest.param([1], "top level: expected a mapping", id="not a mapping"),
     ],
 )
