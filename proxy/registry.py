@@ -180,7 +180,7 @@ class Registry:
 
 def _variant(entry: ModelEntry | None) -> str:
     """What an alias sets that changes how the model answers; "" for a plain alias."""
-    if entry is None or not (entry.options or entry.capabilities or entry.fim):
+    if entry is None or not (entry.options or entry.capabilities or entry.fim or entry.system):
         return ""
-    own = {"options": entry.options, "capabilities": entry.capabilities, "fim": entry.fim}
+    own = {"options": entry.options, "capabilities": entry.capabilities, "fim": entry.fim, "system": entry.system}
     return json.dumps(own, sort_keys=True, default=str)

@@ -34,7 +34,7 @@ class ModelFacts(NamedTuple):
     fim: str | None = None  # fill-in-the-middle family (translate/fim.py)
     system: str = ""  # default system prompt (config `system`, a Modelfile's SYSTEM)
     drop_tools: bool = False  # drop_unsupported_tools: a chat's tools are left out, not refused
-    variant: str = ""  # an alias's own settings (options, capabilities, fim): hashed into its digest
+    variant: str = ""  # an alias's own settings (options, capabilities, fim, system): hashed into its digest
 
 
 def digest(facts: ModelFacts) -> str:

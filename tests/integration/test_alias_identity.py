@@ -31,6 +31,8 @@ async def get_json(url: str, method: str = "GET", body: Any = None) -> Any:
                      id="alias-with-capabilities"),
         pytest.param({"fim": "qwen"}, True, {"parameters": "", "capabilities": ["completion", "tools", "insert"]},
                      id="alias-with-fim-template"),
+        pytest.param({"system": "Be terse."}, True, {"system": "Be terse.", "capabilities": ["completion", "tools"]},
+                     id="alias-with-system"),
         pytest.param({"family": "llama", "size": 5}, False,
                      {"parameters": "", "capabilities": ["completion", "tools"]},
                      id="alias-with-only-descriptive-fields"),
