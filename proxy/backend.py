@@ -30,7 +30,7 @@ POOL_IDLE_SECONDS = 4.0
 
 def create_session(timeouts: Timeouts) -> aiohttp.ClientSession:
     # limit=0: aiohttp's default cap of 100 connections would silently queue the 101st
-    # concurrent stream (performance.md, design consequence 5).
+    # concurrent stream.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_SECONDS)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
@@ -115,7 +115,7 @@ class Upstream:
         return raw
 
     async def probe_capabilities(self, backend: BackendConfig, served: str) -> tuple[str, ...]:
-        """What a served model can do, learned once with tiny requests (vllm-api.md §19):
+        """What a served model can do, learned once with tiny requests (vLLM 0.32, vllm/entrypoints/openai/):
         a pooling server answers ``/v1/embeddings`` and nothing else; a generative one
         takes tools only with a tool parser and images only if it is multimodal. Only a
         definite refusal (400) removes a capability; a probe that fails otherwise keeps it,

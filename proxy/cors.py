@@ -1,4 +1,4 @@
-"""CORS as Ollama configures gin-contrib/cors (ollama-api.md §1.1): browser and webview
+"""CORS as Ollama configures gin-contrib/cors (Ollama's server/routes.go, gin): browser and webview
 clients (local web UIs, VS Code webviews, Obsidian, Tauri apps) may call the API from
 local origins; any other origin is refused with 403. ``origins`` in the config (or
 ``OLLAMA_ORIGINS``, comma-separated) adds patterns, ``*`` matching anything."""

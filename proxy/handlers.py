@@ -19,7 +19,7 @@ from proxy.translate.common import keep_alive_seconds
 
 async def read_json(request: web.Request, go_type: str) -> dict[str, Any]:
     """The body as JSON whatever the Content-Type (``curl -d`` sends form-encoded);
-    errors are 400s with Go's wording, never 422 (ollama-api.md §1.1)."""
+    errors are 400s with Go's wording, never 422 (Ollama's server/routes.go, gin)."""
     raw = await read_body(request)
     if not raw.strip():
         raise errors.BadRequest("missing request body")

@@ -2,7 +2,7 @@
 
 vLLM keeps its model loaded for the life of the process. A backend started with
 ``--enable-sleep-mode`` (and ``VLLM_SERVER_DEV_MODE=1``) can offload it on ``POST /sleep``
-and reload it on ``POST /wake_up`` (vllm-api.md §13). For such backends (``sleep_mode:
+and reload it on ``POST /wake_up`` (vLLM's docs, features/sleep_mode). For such backends (``sleep_mode:
 true`` in the config) the proxy keeps Ollama's timer: every request pushes the deadline
 to ``keep_alive`` after it ends (the request's own value, else the configured default),
 ``keep_alive: 0`` unloads at once, and a request to a sleeping backend wakes it first,

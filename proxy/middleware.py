@@ -82,7 +82,7 @@ def _error_tail(response: web.StreamResponse, body: dict[str, Any]) -> bytes:
 
 
 def _http_exception(exc: web.HTTPException) -> web.Response:
-    """Routing errors as Ollama's gin router words them (ollama-api.md §1.1)."""
+    """Routing errors as Ollama's gin router words them (Ollama's server/routes.go, gin)."""
     if exc.status == 404:
         return web.Response(status=404, text="404 page not found")
     if exc.status == 405:
@@ -99,7 +99,7 @@ _GENERATING = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/
 def inflight_cap(limit: int) -> Middleware:
     """Past ``limit`` generation requests in flight in this worker, answer 503 with
     Ollama's queue-full error and Retry-After instead of queueing silently (a saturated
-    relay otherwise shows up only as seconds of added TTFT; performance.md #8)."""
+    relay otherwise shows up only as seconds of added TTFT)."""
     inflight = 0
 
     @web.middleware

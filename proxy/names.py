@@ -1,4 +1,4 @@
-"""Ollama model names: parsing, matching and display (ollama-api.md §1.6).
+"""Ollama model names: parsing, matching and display (Ollama's types/model/name.go).
 
 Grammar: ``[host/][namespace/]model[:tag]``; defaults ``registry.ollama.ai``, ``library``,
 ``latest``. A ``:`` is a tag separator only after the last ``/``. Matching is

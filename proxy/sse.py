@@ -2,7 +2,7 @@
 
 ``feed(bytes)`` returns the ``data`` payloads of the events completed so far; ``close()``
 returns what a stream that ended without a final blank line still held. vLLM frames every
-event as ``data: <json>\\n\\n`` (vllm-api.md §7), so the fast path splits on ``\\n\\n``;
+event as ``data: <json>\\n\\n`` (vLLM 0.32, vllm/entrypoints/openai/serving_chat.py), so the fast path splits on ``\\n\\n``;
 CRLF framing, ``:`` comment lines (``--sse-keep-alive-interval``, vLLM 0.30+),
 multi-line ``data`` and other fields are handled by the general path.
 """

@@ -6,7 +6,7 @@
 #
 # Idempotent: a marker file inside the venv records a finished install, and a
 # second run only re-checks that `import vllm` still works.
-# Recipe and reasons: shared/reference/backend-feasibility.md, section 1.
+# Recipe: scripts/vllm_cpu.py (server environment and arguments, with the reasons).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +39,7 @@ fi
 rm -f "$MARKER"
 
 # A newer pip resolves this large dependency set noticeably faster than the
-# venv's bundled pip 23.x (backend-feasibility.md: 2m08s vs 3m18s).
+# venv's bundled pip 23.x (measured here: 2m08s vs 3m18s).
 log "upgrading pip"
 pip_q install --upgrade pip || fail "pip upgrade failed"
 

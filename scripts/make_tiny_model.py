@@ -13,7 +13,6 @@ seconds and is deterministic for a given CPython stdlib + library versions:
     `tool` messages;
   * LlamaForCausalLM: 2 layers, hidden 128, FFN 256, 4 heads / 2 KV heads,
     tied embeddings (557,696 parameters), torch seed 0, safetensors.
-See shared/reference/backend-feasibility.md ("The tiny model").
 
 If OUT_DIR already holds a complete model (marker file written last), nothing
 is rebuilt. The model is built in a temp dir next to OUT_DIR and renamed into

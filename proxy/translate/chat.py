@@ -95,7 +95,7 @@ class ChatStreamTranslator(StreamTranslator):
 
     def final(self, created_at: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
         # Every tool call arrives whole in the final chunk, as current Ollama's native
-        # llama-server path emits them (ollama-api.md §2.4).
+        # llama-server path emits them (Ollama's api/types.go).
         message: dict[str, Any] = {"role": "assistant", "content": ""}
         if tool_calls:
             message["tool_calls"] = tool_calls

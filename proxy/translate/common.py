@@ -20,7 +20,7 @@ def to_ollama_done_reason(finish_reason: str | None) -> str:
     """vLLM ``finish_reason`` → Ollama ``done_reason``.
 
     Ollama's native API has no ``tool_calls`` reason: a reply that ends in tool calls is
-    reported as ``stop`` (ollama-api.md §2.4); ``repetition`` (vLLM 0.33's repetition
+    reported as ``stop`` (Ollama's api/types.go); ``repetition`` (vLLM 0.33's repetition
     detection) ended the reply as a stop does.
     """
     if finish_reason == "length":
@@ -103,7 +103,7 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "
 
 def keep_alive_seconds(value: Any) -> float | None:
     """Ollama ``keep_alive``: a number of seconds or a Go duration string; negative means
-    forever (returned as ``math.inf``); ``None`` when absent (ollama-api.md §1.5)."""
+    forever (returned as ``math.inf``); ``None`` when absent (Ollama's api/types.go, Duration)."""
     if value is None:
         return None
     if isinstance(value, bool):

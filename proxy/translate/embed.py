@@ -24,7 +24,7 @@ def embed_inputs(request: Mapping[str, Any]) -> list[str]:
 def to_openai_embed_request(inputs: list[str], served: str, truncate: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"model": served, "input": inputs}
     if truncate:
-        # Ollama truncates over-long input by default and keeps its start (vllm-api.md §10).
+        # Ollama truncates over-long input by default and keeps its start (vLLM 0.32, truncate_prompt_tokens in protocol.py).
         body["truncate_prompt_tokens"] = -1
         body["truncation_side"] = "right"
     return body
@@ -41,7 +41,7 @@ def vectors(response: Mapping[str, Any], expected: int) -> list[list[float]]:
 
 def to_ollama_embeddings(raw: list[list[float]], dimensions: Any) -> list[list[float]]:
     """Ollama's ``/api/embed`` vectors: L2-normalised; with ``dimensions`` cut to the
-    first N values and normalised again (ollama-api.md §2.5)."""
+    first N values and normalised again (Ollama's server/routes.go, EmbedHandler)."""
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 0):
         raise BadRequest("json: cannot unmarshal dimensions into Go struct field EmbedRequest.dimensions of type int")
     out = []

@@ -1,6 +1,6 @@
 """Fill-in-the-middle prompts for Ollama's ``suffix`` on generate.
 
-vLLM supports ``suffix`` only for the few renderers that define FIM (vllm-api.md §9), so
+vLLM supports ``suffix`` only for the few renderers that define FIM (vLLM 0.32, vllm/entrypoints/openai/protocol.py), so
 the proxy builds the model family's own FIM prompt and sends it raw to
 ``/v1/completions``. A family is configured per model (``fim:``) or recognised from the
 served name; models with neither report no ``insert`` capability and get Ollama's

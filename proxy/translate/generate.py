@@ -62,7 +62,7 @@ def to_openai_generate_request(
         ids = None if raw else [*_context(request), *(context_ids or [])]
         body: dict[str, Any] = {"model": served, "prompt": prompt if raw else ids, **params, **extra, **stream_fields()}
         body.update(logprob_fields(request, chat=False))
-        # /v1/completions defaults max_tokens to 16 (vllm-api.md §9); Ollama's default
+        # /v1/completions defaults max_tokens to 16 (vLLM 0.32, vllm/entrypoints/openai/protocol.py); Ollama's default
         # is unlimited: ask for what is left of the context (vLLM 0.32+ clamps raw prompts).
         body.setdefault("max_tokens", max(1, (max_model_len or 4096) - len(ids or ())))
         if not raw:

@@ -1,6 +1,6 @@
 """Model listings: registry facts → ``/api/tags``, ``/api/show``, ``/api/ps``, ``/v1/models``.
 
-vLLM's ``/v1/models`` gives no size, digest, family or date (vllm-api.md §4), so these
+vLLM's ``/v1/models`` gives no size, digest, family or date (vLLM 0.32, ModelCard in protocol.py), so these
 come from config when the operator set them, otherwise from honest stand-ins: size 0,
 a digest derived from the backend and served name, and ``modified_at`` = when the proxy
 first saw the model.

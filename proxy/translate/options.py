@@ -72,7 +72,7 @@ MAPPED: dict[str, Mapped] = {
     "seed": Mapped("seed", _seed),
     "stop": Mapped("stop", _stop),
     # A multiplicative penalty on both sides; llama.cpp applies it over the last
-    # repeat_last_n tokens, vLLM over the whole sequence (vllm-api.md §18).
+    # repeat_last_n tokens, vLLM over the whole sequence (vLLM 0.32, vllm/sampling_params.py).
     "repeat_penalty": Mapped("repetition_penalty", _float),
     "presence_penalty": Mapped("presence_penalty", _float),
     "frequency_penalty": Mapped("frequency_penalty", _float),

@@ -34,7 +34,7 @@ def sampling(options: Any, defaults: Mapping[str, Any], max_model_len: int | Non
 
 def response_format(fmt: Any) -> dict[str, Any] | None:
     """Ollama ``format`` → vLLM ``response_format``: the form that works unchanged from
-    vLLM 0.9 to 0.33; ``json_schema`` requires a ``name`` (vllm-api.md §5.2)."""
+    vLLM 0.9 to 0.33; ``json_schema`` requires a ``name`` (vLLM 0.32, protocol.py)."""
     if fmt is None or fmt == "":
         return None
     if fmt == "json":
@@ -72,7 +72,7 @@ def logprob_fields(request: Any, chat: bool) -> dict[str, Any]:
 
 def stream_fields() -> dict[str, Any]:
     """Every upstream call streams, so the proxy measures time to first token; usage must
-    be asked for explicitly (vllm-api.md §7, default off since vLLM 0.20)."""
+    be asked for explicitly (vLLM's protocol.py, default off since vLLM 0.20)."""
     return {"stream": True, "stream_options": {"include_usage": True}}
 
 

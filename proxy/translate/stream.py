@@ -119,7 +119,7 @@ class StreamTranslator:
 
     def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
         # Fragments of one call share an index; the name comes once, the arguments in
-        # pieces, and some parsers send explicit nulls (vllm-api.md §7).
+        # pieces, and some parsers send explicit nulls (vLLM 0.32, vllm/entrypoints/openai/serving_chat.py).
         for position, delta in enumerate(deltas):
             index = delta.get("index")
             call = self.tool_calls.setdefault(position if index is None else index, _PartialCall())
@@ -190,7 +190,7 @@ def fold(objects: list[dict[str, Any]], final: dict[str, Any], key: str) -> dict
         holder["thinking"] = thinking
     logprobs = [entry for o in objects for entry in o.get("logprobs", ())]
     if logprobs:
-        final["logprobs"] = logprobs  # top level, not inside message (ollama-api.md §2.4)
+        final["logprobs"] = logprobs  # top level, not inside message (Ollama's api/types.go)
     return final
 
 

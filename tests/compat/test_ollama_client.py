@@ -2,7 +2,7 @@
 
 Every call goes through ``ollama.AsyncClient`` exactly as an application makes it, so
 these tests catch anything the client's pydantic models or its NDJSON reader would
-reject (ollama-api.md §6.1, §7), and check what reached vLLM via ``fake.requests``.
+reject (ollama-python's ollama/_client.py), and check what reached vLLM via ``fake.requests``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 received: SSE ``data:`` framing, the role-only first chunk, a ``finish_reason`` chunk, the
 usage chunk with ``choices: []``, ``[DONE]``, nested (0.10+) or flat (<= 0.9) error
 bodies, mid-stream error events, and vLLM's validation of ``tools: []``. The shapes follow
-the vLLM 0.32.0 captures in tests/golden/captures and vllm-api.md §5-§10.
+the vLLM 0.32.0 captures in tests/golden/captures and vLLM 0.32's vllm/entrypoints/openai/protocol.py.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class FakeVLLM:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
-        # Sleep mode (--enable-sleep-mode + VLLM_SERVER_DEV_MODE=1; vllm-api.md §13).
+        # Sleep mode (--enable-sleep-mode + VLLM_SERVER_DEV_MODE=1; vLLM's docs, features/sleep_mode).
         app.router.add_post("/sleep", self._sleep)
         app.router.add_post("/wake_up", self._wake_up)
         app.router.add_get("/is_sleeping", self._is_sleeping)

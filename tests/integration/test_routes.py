@@ -1227,7 +1227,7 @@ async def test_a_model_started_after_the_proxy_is_found(start_proxy: Any, fake: 
     assert fake.last(CHAT)["model"] == "late"
 
 
-# -- CORS (gin-contrib/cors with Ollama's default OLLAMA_ORIGINS, ollama-api.md §1.1) -----
+# -- CORS (gin-contrib/cors with Ollama's default OLLAMA_ORIGINS, Ollama's server/routes.go) -----
 
 ALLOWED_ORIGINS = [
     pytest.param("http://localhost", id="localhost"),

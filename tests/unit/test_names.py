@@ -1,4 +1,4 @@
-"""Ollama name matching (ollama-api.md §1.6)."""
+"""Ollama name matching (Ollama's types/model/name.go)."""
 
 from __future__ import annotations
 
