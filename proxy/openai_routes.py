@@ -17,6 +17,7 @@ from proxy.sse import DONE, SSEDecoder
 from proxy.state import CONFIG, CONTEXT, REGISTRY
 from proxy.streaming import json_response
 from proxy.translate import models as models_t
+from proxy.translate.common import with_system
 
 routes = web.RouteTableDef()
 
@@ -50,6 +51,10 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     body["model"] = route.facts.served
     if body.get("tools") == []:
         del body["tools"]  # vLLM rejects an empty list; Ollama's own /v1 route accepts it
+    if request.path == "/v1/chat/completions" and isinstance(body.get("messages"), list) and body["messages"]:
+        # Ollama's openai/openai.go turns the request into an api.ChatRequest for the same
+        # chat handler, so the model's SYSTEM applies unless the first message is a system one.
+        body = with_system(body, route.facts.system)
     async with loaded(request, route, None) as route:
         return await _forward(request, route, name, body)
 

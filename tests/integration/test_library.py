@@ -110,3 +110,21 @@ async def test_a_configured_system_prompt_reaches_vllm_when_the_chat_has_none(st
     own = {**chat("alpha:1b"), "messages": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "hi"}]}
     assert (await client.post("/api/chat", json=own)).status == 200
     assert [m["content"] for m in child.server.last("/v1/chat/completions")["messages"]] == ["Mine.", "hi"]
+
+
+async def test_a_configured_system_prompt_reaches_vllm_through_the_openai_route(start: Start, launcher: FakeLauncher) -> None:
+    client = await start(models=[{"name": "alpha:1b", "launch": {"model": "org/alpha"}, "system": "Be brief."}])
+    user = [{"role": "user", "content": "hi"}]
+    reply = await client.post("/v1/chat/completions", json={"model": "alpha:1b", "messages": user})
+    assert reply.status == 200, await reply.text()
+    assert (await reply.json())["model"] == "alpha:1b"
+    (child,) = launcher.launched
+    assert child.server is not None
+    sent = child.server.last("/v1/chat/completions")["messages"]
+    assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    own = [{"role": "system", "content": "Mine."}, *user]
+    assert (await client.post("/v1/chat/completions", json={"model": "alpha:1b", "messages": own})).status == 200
+    assert [m["content"] for m in child.server.last("/v1/chat/completions")["messages"]] == ["Mine.", "hi"]
+    streamed = await client.post("/v1/chat/completions", json={"model": "alpha:1b", "messages": user, "stream": True})
+    assert streamed.status == 200 and b"data: [DONE]" in await streamed.read()
+    assert child.server.last("/v1/chat/completions")["messages"][0] == {"role": "system", "content": "Be brief."}
