@@ -56,7 +56,7 @@ class Registry:
         for entry in library.managed(config):
             assert entry.launch is not None
             state = BackendState(BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False))
-            state.capabilities[entry.served] = entry.launch.capabilities()
+            state.capabilities[entry.served] = library.capabilities(entry.launch, self._catalog)
             state.seen_ns[entry.served] = time.time_ns()
             if (length := entry.launch.max_model_len()) is not None:
                 state.cards[entry.served] = {"id": entry.served, "max_model_len": length}

@@ -23,7 +23,7 @@ from proxy.managed.settings import LaunchSettings, arguments
 KINDS = ("chat", "embedding")
 QUANTIZATIONS = ("awq", "gptq", "fp8")
 _KEYS = {"name", "aliases", "repo", "family", "kind", "params_b", "context_length", "args", "gated", "notes",
-         "quantized", "source"}  # fmt: skip
+         "quantized", "source", "vision"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Entry:
     context_length: int | None = None  # as the model card states it
     args: tuple[str, ...] = ()  # extra vLLM arguments
     gated: bool = False
+    vision: bool = False  # takes images (vLLM serves it as a multimodal model)
     notes: str = ""
     quantized: Mapping[str, str] = field(default_factory=dict)  # awq/gptq/fp8 → repository
     source: str = ""  # the model card
@@ -70,13 +71,21 @@ class Catalog:
     def __init__(self, entries: tuple[Entry, ...]) -> None:
         self.entries = entries
         self._by_key: dict[str, Entry] = {}
+        self._by_repo: dict[str, Entry] = {}
         for entry in entries:
             for name in entry.names:
                 self._by_key[str(names.key(name))] = entry
+            for repo in (entry.repo, *entry.quantized.values()):
+                self._by_repo.setdefault(repo.lower(), entry)
 
     def find(self, name: str) -> Entry | None:
         key = names.key(name)
         return self._by_key.get(key) if key else None
+
+    def for_repo(self, repo: str) -> Entry | None:
+        """The entry whose repository, or one of its quantized ones, is ``repo`` (Hugging
+        Face ids are case-insensitive)."""
+        return self._by_repo.get(repo.lower())
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ def _entry(data: Any, where: str) -> Entry:
         context_length=context,
         args=arguments(data.get("args", []), f"{where}.args"),
         gated=boolean(data.get("gated", False), f"{where}.gated"),
+        vision=boolean(data.get("vision", False), f"{where}.vision"),
         notes=text(data["notes"], f"{where}.notes") if "notes" in data else "",
         quantized={k: text(v, f"{where}.quantized.{k}") for k, v in quantized.items()},
         source=text(data["source"], f"{where}.source") if "source" in data else "",

@@ -24,7 +24,8 @@ def render(entries: tuple[catalog.Entry, ...]) -> str:
     rows = []
     for e in entries:
         quantized = ", ".join(f"[{kind.upper()}](https://huggingface.co/{repo})" for kind, repo in e.quantized.items())
-        notes = (e.notes or ("embedding model" if e.kind == "embedding" else "")).replace("|", "\\|")
+        said = ("takes images (vision)" if e.vision else "", e.notes or ("embedding model" if e.kind == "embedding" else ""))
+        notes = "; ".join(n for n in said if n).replace("|", "\\|")
         cells = [f"`{e.name}`", ", ".join(f"`{a}`" for a in e.aliases), f"[{e.repo}]({e.source}){' ⚿' if e.gated else ''}",
                  e.tool_parser or "—", e.reasoning_parser or "—", str(e.context_length or "—"),
                  "—" if e.gpu_memory_gb is None else f"{e.gpu_memory_gb:g}", quantized or "—", notes]  # fmt: skip

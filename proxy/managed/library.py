@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from proxy import catalog, names
 from proxy.config import Config, ModelEntry
+from proxy.managed.settings import LaunchSettings
 
 
 def on(config: Config) -> bool:
@@ -41,3 +42,12 @@ def entries(config: Config) -> list[tuple[ModelEntry, catalog.Entry]]:
 def managed(config: Config) -> tuple[ModelEntry, ...]:
     """Every managed model: the configured ones, then the library's."""
     return (*config.managed, *(m for m, _ in entries(config)))
+
+
+def capabilities(launch: LaunchSettings, lookup: catalog.Catalog | None) -> tuple[str, ...]:
+    """What a managed model can do before it runs: what its flags enable, and vision when
+    the catalog says its repository takes images (a library model, or a configured one
+    that loads a catalog repository, as `migrate` writes them)."""
+    caps = launch.capabilities()
+    item = lookup.for_repo(launch.model) if lookup else None
+    return (*caps, "vision") if item and item.vision and "completion" in caps else caps

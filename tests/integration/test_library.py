@@ -5,6 +5,7 @@ Ollama's 404 that makes `ollama run` pull."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from proxy.app import create_app
 from proxy.config import from_mapping
 from tests.fakes.launcher import FakeLauncher
+from tests.fakes.vllm import Model
 
 Start = Callable[..., Awaitable[TestClient]]
 
@@ -128,3 +130,43 @@ async def test_a_configured_system_prompt_reaches_vllm_through_the_openai_route(
     streamed = await client.post("/v1/chat/completions", json={"model": "alpha:1b", "messages": user, "stream": True})
     assert streamed.status == 200 and b"data: [DONE]" in await streamed.read()
     assert child.server.last("/v1/chat/completions")["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(24)).decode()
+
+
+@pytest.mark.parametrize(
+    ("config", "name", "served", "repo"),
+    [
+        pytest.param({"catalog": []}, "gemma3:4b", "gemma3:4b", "google/gemma-3-4b-it", id="library name"),
+        pytest.param({"models": [{"name": "team-gemma", "launch": {"model": "google/gemma-3-12b-it"}}]}, "team-gemma",
+                     "team-gemma", "google/gemma-3-12b-it", id="configured on a catalog repo, as migrate writes it"),
+    ],
+)  # fmt: skip
+async def test_a_catalog_model_that_takes_images_reports_vision_and_gets_them(
+    start: Start, launcher: FakeLauncher, config: dict[str, Any], name: str, served: str, repo: str
+) -> None:
+    cache_snapshot(repo)
+    launcher.models = {served: Model(vision=True, tools=False)}  # the fake vLLM refuses images otherwise
+    client = await start(**config)
+    show = await (await client.post("/api/show", json={"model": name})).json()
+    assert show["capabilities"] == ["completion", "vision"]
+    message = {"role": "user", "content": "what is this?", "images": [PNG]}
+    reply = await client.post("/api/chat", json={"model": name, "messages": [message], "stream": False})
+    assert reply.status == 200, await reply.text()
+    (child,) = launcher.launched
+    assert child.spec.model == repo and child.server is not None
+    (sent,) = child.server.last("/v1/chat/completions")["messages"]
+    assert sent["content"] == [{"type": "text", "text": "what is this?"},
+                               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]  # fmt: skip
+
+
+async def test_a_text_only_catalog_model_refuses_images_as_ollama_does(start: Start, launcher: FakeLauncher) -> None:
+    cache_snapshot("google/gemma-3-1b-it")  # the 1B Gemma 3 is text-only
+    client = await start(catalog=[])
+    show = await (await client.post("/api/show", json={"model": "gemma3:1b"})).json()
+    assert show["capabilities"] == ["completion"]
+    message = {"role": "user", "content": "what is this?", "images": [PNG]}
+    reply = await client.post("/api/chat", json={"model": "gemma3:1b", "messages": [message], "stream": False})
+    assert (reply.status, await reply.json()) == (400, {"error": "registry.ollama.ai/library/gemma3:1b does not support vision"})
+    assert launcher.launched == []

@@ -73,6 +73,24 @@ def test_names_find_their_entry(name: str, repo: str, tool_parser: str | None, r
     assert (entry.tool_parser, entry.reasoning_parser) == (tool_parser, reasoning_parser)
 
 
+def test_the_gemma3_sizes_that_take_images_say_so() -> None:
+    assert sorted(e.name for e in ENTRIES if e.vision) == ["gemma3:12b", "gemma3:27b", "gemma3:4b"]
+
+
+@pytest.mark.parametrize(
+    ("repo", "name"),
+    [
+        pytest.param("google/gemma-3-4b-it", "gemma3:4b", id="repository"),
+        pytest.param("GOOGLE/Gemma-3-4B-IT", "gemma3:4b", id="another spelling"),
+        pytest.param("Qwen/Qwen3-8B-AWQ", "qwen3:8b", id="a quantized repository"),
+        pytest.param("org/unknown", None, id="not in the catalog"),
+    ],
+)  # fmt: skip
+def test_repositories_find_their_entry(repo: str, name: str | None) -> None:
+    entry = catalog.merged().for_repo(repo)
+    assert (entry.name if entry else None) == name
+
+
 def test_unknown_and_invalid_names_find_nothing() -> None:
     assert catalog.merged().find("no-such-model:1b") is None
     assert catalog.merged().find("bad name!") is None
@@ -112,6 +130,7 @@ def test_without_the_key_the_catalog_is_off() -> None:
         pytest.param({"name": "x", "repo": "a/b", "params_b": -1}, "catalog[0].params_b: expected a positive", id="bad size"),
         pytest.param({"name": "x", "repo": "a/b", "context_length": 1.5}, "catalog[0].context_length: expected a whole",
                      id="bad context"),
+        pytest.param({"name": "x", "repo": "a/b", "vision": "yes"}, "catalog[0].vision: expected", id="bad vision"),
         pytest.param({"name": "x", "repo": "a/b", "colour": "red"}, "catalog[0].colour: unknown key", id="unknown key"),
     ],
 )  # fmt: skip
