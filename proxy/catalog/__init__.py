@@ -34,7 +34,7 @@ class Entry:
     family: str | None = None  # the families.py row whose flags apply
     kind: str = "chat"
     params_b: float | None = None  # nominal billions of parameters
-    context_length: int | None = None  # as the model card states it
+    context_length: int | None = None  # vLLM's default --max-model-len, as the model card states it
     args: tuple[str, ...] = ()  # extra vLLM arguments
     gated: bool = False
     vision: bool = False  # takes images (vLLM serves it as a multimodal model)
