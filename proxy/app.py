@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import library_routes, openai_routes, routes
-from proxy.backend import Upstream, create_session
+from proxy import library_routes, openai_routes, routes, routing
+from proxy.backend import Backends
 from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
 from proxy.config import Config
@@ -19,8 +19,9 @@ from proxy.keepalive import KeepAlive
 from proxy.managed import library, service, weights
 from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
+from proxy.monitor import Monitor
 from proxy.registry import Registry
-from proxy.state import CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, TOOLS_DROPPED, UPSTREAM
+from proxy.state import BACKENDS, CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, ROUTER, TOOLS_DROPPED
 from proxy.timers import SYSTEM, Timers
 
 
@@ -33,7 +34,9 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     )
     app.on_response_prepare.append(cors.on_prepare)
     app[CONFIG] = config
-    app[REGISTRY] = Registry(config, weights.present)
+    app[BACKENDS] = backends = Backends(config, timers.monotonic)
+    app[REGISTRY] = Registry(config, backends, weights.present)
+    app[ROUTER] = routing.router(config.routing.strategy, config.routing.affinity)
     app[CLOCK] = Clock()
     app[TOOLS_DROPPED] = set()
     if launcher is not None:
@@ -47,12 +50,12 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
 
 async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]:
     config = app[CONFIG]
-    session = create_session(config.timeouts)
-    app[UPSTREAM] = Upstream(session, config.timeouts)
-    app[DISCOVERY] = discovery = Discovery(app[REGISTRY], app[UPSTREAM], config.refresh_interval, timers)
+    backends, registry = app[BACKENDS], app[REGISTRY]
+    app[DISCOVERY] = discovery = Discovery(registry, config.refresh_interval, timers)
     await discovery.refresh()  # serve the first /api/tags with models already listed
-    app[KEEPALIVE] = keepalive = KeepAlive(app[UPSTREAM], config.backends, config.keep_alive, timers)
-    tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run())]
+    app[KEEPALIVE] = keepalive = KeepAlive(list(backends), config.keep_alive, timers)
+    monitor = Monitor(lambda: backends, registry.replicated, config.routing.metrics_interval, timers)
+    tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run()), asyncio.create_task(monitor.run())]
     managed_on = bool(library.managed(config))
     if managed_on:
         app[MANAGED] = managed = service.host(config, app.get(LAUNCHER))
@@ -64,4 +67,4 @@ async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]
             await task
     if managed_on:
         await app[MANAGED].close()  # stops every vLLM this process started
-    await session.close()
+    backends.close()

@@ -1,164 +1,206 @@
-"""HTTP calls to vLLM servers over one shared ``ClientSession``; failures become
+"""The runtime ``Backend``: one per configured, discovered or managed vLLM server, and the
+only way to talk to it (open a token stream, post JSON, get JSON or text). It keeps the
+server's health, the proxy's requests in flight and the recent time to a response head.
+Everything goes over ``h1client`` with one shared keep-alive ``Pool``; failures are the
 ``errors.*`` that name the backend."""
 
 from __future__ import annotations
 
-import asyncio
-import io
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import orjson
+import structlog
 
-from proxy.config import BackendConfig, Timeouts
-from proxy.errors import (
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
-    ProxyError,
-    no_first_byte,
-    parse_backend_error,
-    unreachable,
-)
-from proxy.redact import without_userinfo
+from proxy import h1client
+from proxy.config import BackendConfig, Config, Timeouts
+from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
+from proxy.h1client import AsyncBody as AsyncBody  # re-exported: the body of a stream a Backend opened
+from proxy.h1client import UpstreamStream as UpstreamStream
+from proxy.h1pool import Pool
+from proxy.health import Health, Load, parse_metrics
 
-# vLLM closes idle keep-alive connections after 5 s (uvicorn's default,
-# VLLM_HTTP_TIMEOUT_KEEP_ALIVE in vllm/envs.py): drop ours first.
-POOL_IDLE_SECONDS = 4.0
+log = structlog.get_logger("proxy.backend")
+
+_LATENCY_WEIGHT = 0.2  # of each new sample in the moving average
 
 
-def create_session(timeouts: Timeouts) -> aiohttp.ClientSession:
-    # limit=0: aiohttp's default cap of 100 connections would silently queue the 101st
-    # concurrent stream.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_SECONDS)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 json_serialize=lambda o: orjson.dumps(o).decode())  # fmt: skip
+class Backend:
+    def __init__(
+        self,
+        config: BackendConfig,
+        timeouts: Timeouts,
+        pool: Pool,
+        clock: Callable[[], float] = time.monotonic,
+        health: Health | None = None,
+    ) -> None:
+        self.config = config
+        self.timeouts = timeouts
+        self.pool = pool
+        self.clock = clock
+        self.health = health or Health()
+        self.load = Load()
+        self.latency_ms: float | None = None  # moving average of the time to a response head
 
+    @property
+    def name(self) -> str:
+        return self.config.name
 
-class Upstream:
-    def __init__(self, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
-        self._session = session
-        self._timeouts = timeouts
+    def __repr__(self) -> str:
+        return f"Backend({self.config.name!r})"
 
-    async def post(
-        self, backend: BackendConfig, path: str, body: Mapping[str, Any], request_id: str = ""
-    ) -> aiohttp.ClientResponse:
-        """POST and return the response once its headers arrived (status < 400).
-
-        The caller owns the response and must ``close()`` it: closing an unfinished
-        response drops the connection, which is what makes vLLM abort the request.
-        """
-        headers = {"Content-Type": "application/json", **_auth(backend)}
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        data = orjson.dumps(body)
-        response = await self._send(backend, path, data, headers)
-        if response.status >= 400:
-            try:
-                raw = await response.read()
-            finally:
-                response.close()
-            raise parse_backend_error(response.status, raw, backend.name)
-        return response
-
-    async def post_json(self, backend: BackendConfig, path: str, body: Mapping[str, Any], request_id: str = "") -> Any:
-        response = await self.post(backend, path, body, request_id)
+    async def open_stream(self, path: str, body: Mapping[str, Any], request_id: str = "") -> UpstreamStream:
+        """POST an inference request; counted in flight until the stream is closed."""
+        self.load.inflight += 1
+        began = self.clock()
         try:
-            # A JSON body follows its head at once; bounded, since aiohttp 3.14 waits for
-            # ever on a bad chunk size after the head.
-            async with asyncio.timeout(self._timeouts.idle):
-                raw = await response.read()
-        except TimeoutError:
-            raise BackendTimeout(
-                f"vLLM backend {backend.name} ({backend.public_url}) sent nothing for {self._timeouts.idle:g} s mid-reply"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise _unavailable(backend, exc) from None
-        finally:
-            response.close()
+            stream = await h1client.open_stream(self.timeouts, self.config, path, body, request_id, pool=self.pool)
+        except BaseException as exc:
+            self.load.inflight -= 1
+            if isinstance(exc, ProxyError):
+                self._observe(exc)
+            raise
+        stream.on_close = self._ended
+        self.health.succeeded()
+        sample = (self.clock() - began) * 1000
+        self.latency_ms = sample if self.latency_ms is None else self.latency_ms + _LATENCY_WEIGHT * (sample - self.latency_ms)
+        return stream
+
+    async def post_json(self, path: str, body: Mapping[str, Any], request_id: str = "") -> Any:
+        stream = await self.open_stream(path, body, request_id)
+        return self._json(await self._read(stream), path)
+
+    async def get_json(self, path: str) -> Any:
+        raw = await self.get(path)
+        return self._json(raw, path) if raw.strip() else {}
+
+    async def get(self, path: str) -> bytes:
+        """A short control-plane GET (listing, health, sleep state, metrics), bounded by
+        ``timeouts.discovery``. Only a connection failure counts against health here."""
+        short = replace(self.timeouts, first_byte=self.timeouts.discovery, idle=self.timeouts.discovery,
+                        connect=min(self.timeouts.connect, self.timeouts.discovery))  # fmt: skip
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON", 502) from None
+            stream = await h1client.open_stream(short, self.config, path, None, method="GET", pool=self.pool)
+        except BackendTimeout:
+            raise BackendTimeout(f"vLLM backend {self.name} ({self.config.public_url}) did not answer {path} in time") from None
+        except BackendUnavailable as exc:
+            self._observe(exc)
+            raise
+        return await self._read(stream)
 
-    async def get_json(self, backend: BackendConfig, path: str) -> Any:
-        raw = await self._get(backend, path)
+    async def probe(self) -> bool:
+        """``GET /health`` for a backend that is out; True when it is back."""
+        self.health.probing(self.clock())
         try:
-            return orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError:
-            raise BackendError(f"vLLM backend {backend.name} sent a body that is not JSON on {path}", 502) from None
+            await self.get("/health")
+        except ProxyError as exc:
+            self.health.error = exc.message
+            return False
+        if self.health.succeeded():
+            log.info("backend back", backend=self.name)
+        return True
 
-    async def busy(self, backend: BackendConfig) -> bool:
-        """Whether vLLM has requests running or waiting (its /metrics gauges)."""
-        text = (await self._get(backend, "/metrics")).decode("utf-8", "replace")
-        gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-        return any(line.startswith(gauges) and float(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
+    async def scrape(self) -> None:
+        """vLLM's own view of its load, from ``/metrics``."""
+        gauges = parse_metrics((await self.get("/metrics")).decode("utf-8", "replace"))
+        self.load.running, self.load.waiting, self.load.kv_cache = gauges["running"], gauges["waiting"], gauges["kv_cache"]
 
-    async def list_models(self, backend: BackendConfig) -> list[dict[str, Any]]:
-        data = await self.get_json(backend, "/v1/models")
-        return [c for c in data.get("data") or [] if isinstance(c, dict)]
+    async def busy(self) -> bool:
+        """Whether vLLM has requests running or waiting."""
+        await self.scrape()
+        return self.load.running + self.load.waiting > 0
 
-    async def _get(self, backend: BackendConfig, path: str) -> bytes:
-        """A short control-plane GET (listing, health, sleep state, metrics)."""
-        try:
-            async with asyncio.timeout(self._timeouts.discovery):
-                async with self._session.get(_url(backend, path), headers=_auth(backend)) as response:
-                    raw = await response.read()
-        except TimeoutError:
-            raise BackendTimeout(f"vLLM backend {backend.name} ({backend.public_url}) did not answer {path} in time") from None
-        except aiohttp.ClientError as exc:
-            raise _unavailable(backend, exc) from None
-        if response.status >= 400:
-            raise parse_backend_error(response.status, raw, backend.name)
-        return raw
+    async def list_models(self) -> list[dict[str, Any]]:
+        data = await self.get_json("/v1/models")
+        return [c for c in data.get("data") or [] if isinstance(c, dict)] if isinstance(data, dict) else []
 
-    async def probe_capabilities(self, backend: BackendConfig, served: str) -> tuple[str, ...]:
-        """What a served model can do, learned once with tiny requests (vLLM 0.32, vllm/entrypoints/openai/):
-        a pooling server answers ``/v1/embeddings`` and nothing else; a generative one
-        takes tools only with a tool parser and images only if it is multimodal. Only a
-        definite refusal (400) removes a capability; a probe that fails otherwise keeps it,
-        so vLLM itself decides."""
-        if await self._accepts(backend, "/v1/embeddings", {"model": served, "input": "probe"}) is True:
+    async def probe_capabilities(self, served: str) -> tuple[str, ...]:
+        """What a served model can do, learned once with tiny requests: a pooling server
+        answers ``/v1/embeddings`` and nothing else; a generative one takes tools only with
+        a tool parser and images only if it is multimodal. Only a definite refusal (4xx)
+        removes a capability; a probe that fails otherwise keeps it, so vLLM decides."""
+        if await self._accepts("/v1/embeddings", {"model": served, "input": "probe"}) is True:
             return ("embedding",)
         caps = ["completion"]
         base = {"model": served, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
-        if await self._accepts(backend, "/v1/chat/completions", {**base, "tools": [_PROBE_TOOL]}) is not False:
+        if await self._accepts("/v1/chat/completions", {**base, "tools": [_PROBE_TOOL]}) is not False:
             caps.append("tools")
         image = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": _PROBE_IMAGE}}]
-        vision = {**base, "messages": [{"role": "user", "content": image}]}
-        if await self._accepts(backend, "/v1/chat/completions", vision) is not False:
+        if await self._accepts("/v1/chat/completions", {**base, "messages": [{"role": "user", "content": image}]}) is not False:
             caps.append("vision")
         return tuple(caps)
 
-    async def _accepts(self, backend: BackendConfig, path: str, body: Mapping[str, Any]) -> bool | None:
+    async def _accepts(self, path: str, body: Mapping[str, Any]) -> bool | None:
         """True: answered; False: refused with a 4xx; None: could not tell."""
+        patient = replace(self.timeouts, first_byte=self.timeouts.discovery * 6)
+        probe = Backend(self.config, patient, self.pool, self.clock, self.health)
         try:
-            async with asyncio.timeout(self._timeouts.discovery * 6):
-                await self.post_json(backend, path, body)
+            await probe.post_json(path, body)
         except BackendError as exc:
             return False if 400 <= exc.status < 500 else None
-        except (ProxyError, TimeoutError):
+        except ProxyError:
             return None
         return True
 
-    async def _send(self, backend: BackendConfig, path: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        url = _url(backend, path)
-        for attempt in (1, 2):
-            try:
-                async with asyncio.timeout(self._timeouts.first_byte):
-                    return await self._session.post(url, data=_payload(data), headers=headers)
-            except TimeoutError:
-                raise no_first_byte(backend.name, backend.url, self._timeouts.first_byte) from None
-            except aiohttp.ServerDisconnectedError as exc:
-                # A pooled connection the server closed while idle fails before any
-                # byte of the answer: send once more on a fresh connection.
-                if attempt == 2:
-                    raise _unavailable(backend, exc) from None
-            except aiohttp.ClientError as exc:
-                raise _unavailable(backend, exc) from None
-        raise AssertionError("unreachable")
+    async def _read(self, stream: UpstreamStream) -> bytes:
+        try:
+            return await AsyncBody(stream).read()
+        finally:
+            stream.close()
+
+    def _json(self, raw: bytes, path: str) -> Any:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"vLLM backend {self.name} sent a body that is not JSON on {path}", 502) from None
+
+    def _ended(self) -> None:
+        self.load.inflight -= 1
+
+    def _observe(self, exc: ProxyError) -> None:
+        """Passive health: connection failures, 5xx answers and timeouts."""
+        hard = isinstance(exc, BackendUnavailable) and not isinstance(exc, BackendError)
+        if not (hard or isinstance(exc, BackendTimeout) or (isinstance(exc, BackendError) and exc.status >= 500)):
+            self.health.succeeded()  # a 4xx is an answer: the server is up
+            return
+        if self.health.failed(self.clock(), exc.message, hard):
+            log.warning("backend out", backend=self.name, error=exc.message, cooldown_s=self.health.cooldown_s)
+
+
+class Backends:
+    """Every ``Backend`` of the process, by name (configured ones) or URL (managed
+    models' servers, whose URL is known once they run), over one connection pool."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic, pool: Pool | None = None) -> None:
+        self.timeouts = config.timeouts
+        self.clock = clock
+        self.routing = config.routing
+        self.pool = pool or Pool(clock=clock)
+        self._by_name = {b.name: self.make(b) for b in config.backends}
+        self._leased: dict[str, Backend] = {}
+
+    def __getitem__(self, name: str) -> Backend:
+        return self._by_name[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._by_name.values())
+
+    def make(self, config: BackendConfig) -> Backend:
+        """A backend outside the configured list (a managed model's placeholder)."""
+        health = Health(cooldown_s=self.routing.cooldown, probe_s=self.routing.probe_interval)
+        return Backend(config, self.timeouts, self.pool, self.clock, health)
+
+    def at(self, template: BackendConfig, url: str) -> Backend:
+        """The backend at ``url`` (a managed model's running vLLM), made once."""
+        backend = self._leased.get(url)
+        if backend is None or backend.config.name != template.name:
+            backend = self._leased[url] = self.make(replace(template, url=url))
+        return backend
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "capability probe",
@@ -167,26 +209,3 @@ _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": 
 _PROBE_IMAGE = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
-
-
-def _url(backend: BackendConfig, path: str) -> str:
-    return without_userinfo(backend.url)[0] + path
-
-
-def _auth(backend: BackendConfig) -> dict[str, str]:
-    """The api_key as a bearer token, else the URL's user:password as Basic auth (as the
-    streaming relay sends them); aiohttp refuses a URL with credentials plus a header."""
-    if backend.api_key:
-        return {"Authorization": f"Bearer {backend.api_key}"}
-    basic = without_userinfo(backend.url)[1]
-    return {"Authorization": basic} if basic else {}
-
-
-def _payload(data: bytes) -> bytes | io.BytesIO:
-    # aiohttp warns that sending over 1 MiB of raw bytes blocks the event loop; a file
-    # object is streamed in chunks instead (long prompts, base64 images).
-    return io.BytesIO(data) if len(data) > 1024 * 1024 else data
-
-
-def _unavailable(backend: BackendConfig, exc: BaseException) -> BackendUnavailable:
-    return unreachable(backend.name, backend.url, str(exc) or type(exc).__name__)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy import catalog, names, toolconf
+from proxy import catalog, names, routing_config, toolconf
 from proxy.confcheck import ConfigError as ConfigError
 from proxy.confcheck import boolean as _bool
 from proxy.confcheck import choice as _choice
@@ -55,6 +55,7 @@ class BackendConfig:
     sleep_mode: bool = False  # vLLM runs with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
     sleep_level: int = 1  # 1: weights to CPU RAM (fast wake); 2: weights discarded
     tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools (proxy/toolconf.py)
+    ca_file: str = ""  # https:// backends: CA certificate(s) to verify it by; "" = the system's store
 
     @property
     def public_url(self) -> str:
@@ -73,7 +74,7 @@ class BackendConfig:
 @dataclass(frozen=True)
 class ModelEntry:
     name: str  # Ollama name clients use, e.g. "llama3.1:8b"
-    backend: str  # name or URL of the backend that serves it
+    backend: str  # name or URL of the backend that serves it (the first of ``backends``)
     served: str  # vLLM served-model name sent upstream
     family: str | None = None
     parameter_size: str = ""
@@ -85,6 +86,7 @@ class ModelEntry:
     launch: LaunchSettings | None = None  # a managed model: the proxy runs vLLM for it (backend is "")
     system: str = ""  # default system prompt, used when a request brings none (Modelfile SYSTEM)
     tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools; wins over the backend's
+    backends: tuple[str, ...] = ()  # every backend that serves it (replicas), ``backend`` first
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Config:
     load_timeout: float = 600.0  # seconds vLLM may take to become ready
     vllm_python: str = ""  # the Python that has vLLM; "" = the proxy's own interpreter
     timeouts: Timeouts = Timeouts()
+    routing: routing_config.RoutingSettings = routing_config.RoutingSettings()
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelEntry, ...] = ()
     library: catalog.LibrarySettings = catalog.LibrarySettings()  # catalog:, delete_weights
@@ -144,7 +147,7 @@ class Config:
             chosen = parse_listen(env["OLLAMA_HOST"], "OLLAMA_HOST")
         else:
             chosen = self.listen
-        merged = _unique_backends([*self.backends, *extra], "--backend")
+        merged = routing_config.unique_backends([*self.backends, *extra], "--backend")
         origins = self.origins + tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip())
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers: expected a whole number >= 1, got {workers}")
@@ -250,7 +253,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
         "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
-        "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights"}  # fmt: skip
+        "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights",
+        "routing"}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -284,17 +288,17 @@ def _config(data: Any, source: str) -> Config:
             raise ConfigError(f"keep_alive: {exc.message}") from None
     if "timeouts" in data:
         kw["timeouts"] = _timeouts(data["timeouts"])
+    if "routing" in data:
+        kw["routing"] = routing_config.parse(data["routing"])
     if "max_loaded" in data:
         kw["max_loaded"] = _count(data["max_loaded"], "max_loaded", minimum=0)
     if "max_queue" in data:
         kw["max_queue"] = _count(data["max_queue"], "max_queue", minimum=1)
-    for key in ("queue_timeout", "load_timeout"):
-        if key in data:
-            kw[key] = _positive(data[key], key)
+    kw.update({k: _positive(data[k], k) for k in ("queue_timeout", "load_timeout") if k in data})
     if "vllm_python" in data:
         kw["vllm_python"] = _str(data["vllm_python"], "vllm_python")
     backends = [_backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]
-    kw["backends"] = _unique_backends(backends, "backends")
+    kw["backends"] = routing_config.unique_backends(backends, "backends")
     models = [_model(m, f"models[{i}]") for i, m in enumerate(_list(data.get("models", []), "models"))]
     known = {b.name for b in kw["backends"]} | {b.url for b in kw["backends"]}
     seen: set[str | None] = set()
@@ -303,8 +307,8 @@ def _config(data: Any, source: str) -> Config:
             if names.key(entry.name) in seen:
                 raise ConfigError(f"models[{i}].name: {entry.name!r} is already a managed model")
             seen.add(names.key(entry.name))
-        elif entry.backend not in known:
-            raise ConfigError(f"models[{i}].backend: no backend named {entry.backend!r}")
+        elif missing := [b for b in entry.backends if b not in known]:
+            raise ConfigError(f"models[{i}].backend: no backend named {missing[0]!r}")
     kw["models"] = tuple(models)
     kw["library"] = catalog.settings(data)
     return Config(**kw)
@@ -319,7 +323,7 @@ def _backend(data: Any, where: str) -> BackendConfig:
     if isinstance(data, str):
         data = {"url": data}
     _require_mapping(
-        data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level", *toolconf.KEYS}
+        data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level", "ca_file", *toolconf.KEYS}
     )
     if "url" not in data:
         raise ConfigError(f"{where}.url: missing")
@@ -347,6 +351,7 @@ def _backend(data: Any, where: str) -> BackendConfig:
         sleep_mode=_bool(data.get("sleep_mode", False), f"{where}.sleep_mode"),
         sleep_level=_choice(data.get("sleep_level", 1), f"{where}.sleep_level", (1, 2)),
         tools=toolconf.parse(data, where),
+        ca_file=_optional_str(data, "ca_file", where),
     )
 
 
@@ -374,9 +379,11 @@ def _model(data: Any, where: str) -> ModelEntry:
     size = data.get("size", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ConfigError(f"{where}.size: must be a whole number of bytes")
+    replicas = routing_config.backend_names(data["backend"], f"{where}.backend") if launch is None else ("",)
     return ModelEntry(
         name=name,
-        backend=_str(data["backend"], f"{where}.backend").rstrip("/") if launch is None else "",
+        backend=replicas[0],
+        backends=replicas if launch is None else (),
         served=_str(data.get("served", name), f"{where}.served"),
         family=_str(data["family"], f"{where}.family") if "family" in data else None,
         parameter_size=_optional_str(data, "parameter_size", where),
@@ -389,14 +396,3 @@ def _model(data: Any, where: str) -> ModelEntry:
         system=_optional_str(data, "system", where),
         tools=toolconf.parse(data, where),
     )
-
-
-def _unique_backends(backends: list[BackendConfig], where: str) -> tuple[BackendConfig, ...]:
-    seen: dict[str, BackendConfig] = {}
-    for b in backends:
-        if b.url in (s.url for s in seen.values()):
-            continue  # the same server named twice (file and --backend) is one backend
-        if b.name in seen:
-            raise ConfigError(f"{where}: two backends are named {b.name!r}")
-        seen[b.name] = b
-    return tuple(seen.values())

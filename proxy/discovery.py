@@ -8,8 +8,7 @@ import asyncio
 
 import structlog
 
-from proxy.backend import Upstream
-from proxy.config import BackendConfig
+from proxy.backend import Backend
 from proxy.errors import ProxyError
 from proxy.registry import Registry
 from proxy.timers import SYSTEM, Timers
@@ -18,9 +17,8 @@ log = structlog.get_logger("proxy.discovery")
 
 
 class Discovery:
-    def __init__(self, registry: Registry, upstream: Upstream, interval: float, timers: Timers = SYSTEM) -> None:
+    def __init__(self, registry: Registry, interval: float, timers: Timers = SYSTEM) -> None:
         self._registry = registry
-        self._upstream = upstream
         self._interval = interval
         self._timers = timers
         self._last = -float("inf")  # monotonic seconds of the last completed refresh
@@ -28,7 +26,7 @@ class Discovery:
 
     async def refresh(self) -> None:
         async with self._lock:
-            await asyncio.gather(*(self._refresh_one(s.config) for s in self._registry.backends))
+            await asyncio.gather(*(self._refresh_one(s.backend) for s in self._registry.backends))
             self._last = self._timers.monotonic()
 
     async def refresh_if_stale(self, min_age_s: float = 1.0) -> None:
@@ -41,9 +39,9 @@ class Discovery:
             await self._timers.sleep(self._interval)
             await self.refresh()
 
-    async def _refresh_one(self, backend: BackendConfig) -> None:
+    async def _refresh_one(self, backend: Backend) -> None:
         try:
-            cards = await self._upstream.list_models(backend)
+            cards = await backend.list_models()
         except ProxyError as exc:
             state = next(s for s in self._registry.backends if s.config.name == backend.name)
             if state.up or state.error != exc.message:
@@ -52,6 +50,6 @@ class Discovery:
             return
         new = self._registry.update(backend.name, cards, self._timers.wall_ns())
         for served in new:
-            capabilities = await self._upstream.probe_capabilities(backend, served)
+            capabilities = await backend.probe_capabilities(served)
             self._registry.set_capabilities(backend.name, served, capabilities)
             log.info("model discovered", backend=backend.name, served=served, capabilities=list(capabilities))

@@ -1,7 +1,7 @@
 """The streaming hot path of ``/api/chat`` and ``/api/generate`` (``stream: true``).
 
 vLLM's SSE in, Ollama NDJSON out, without a Task wakeup per event. Each stream gets its
-own HTTP/1.1 connection (``h1client``), whose ``data_received`` dechunks each read and
+HTTP/1.1 connection (``h1client``, opened by a ``Backend``), whose ``data_received`` dechunks each read and
 hands it to ``_Relay.body``: the ``Encoder`` turns it into NDJSON lines, written to the
 client's transport as ONE HTTP chunk. The handler coroutine (``relay``) wakes only for what has to
 be awaited: the response head, the first client byte (``StreamResponse.prepare``), client
@@ -25,9 +25,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from proxy.aiohttp_raw import raw_channel
+from proxy.backend import UpstreamStream
 from proxy.clock import Clock
 from proxy.encoder import Encoder
-from proxy.h1client import UpstreamStream
 from proxy.state import CONTEXT
 from proxy.streaming import NDJSON, record_outcome
 from proxy.translate.stream import StreamTranslator

@@ -1,6 +1,8 @@
-"""The proxy's own HTTP/1.1 client for generation requests: one POST to vLLM per
-connection, spoken by a small ``asyncio.Protocol`` that hands body bytes to a sink from
-``data_received`` (no Task wakeup per read; ``fastrelay`` relies on that).
+"""The proxy's one HTTP/1.1 client for vLLM: every request (token streams, JSON posts,
+control-plane GETs) is spoken by a small ``asyncio.Protocol`` that hands body bytes to a
+sink from ``data_received`` (no Task wakeup per read; ``fastrelay`` relies on that).
+Connections are kept alive and reused through ``h1pool``; ``https://`` backends are spoken
+over TLS (the system's CA store, or the backend's ``ca_file``).
 
 Every read is bounded: ``timeouts.first_byte`` until the response head, and then
 ``timeouts.idle`` between body bytes (until the first body byte, whichever of the two
@@ -16,7 +18,7 @@ import asyncio
 import base64
 import functools
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +35,7 @@ from proxy.errors import (
     parse_backend_error,
     unreachable,
 )
+from proxy.h1pool import Key, Pool
 from proxy.http1 import BodyReader, read_head
 
 _MAX_ERROR_BODY = 1024 * 1024  # an error body is kept up to this size
@@ -45,14 +48,21 @@ class Sink(Protocol):
 
 
 class UpstreamStream(asyncio.Protocol):
-    """One POST to vLLM on a connection of its own. ``head`` resolves when a response
-    head with status < 400 arrived; an error status fails it with the
-    ``parse_backend_error`` of the whole body. Body bytes go to the attached sink and are
-    held until it is attached."""
+    """One request to vLLM. ``head`` resolves when a response head with status < 400
+    arrived; an error status fails it with the ``parse_backend_error`` of the whole body.
+    Body bytes go to the attached sink and are held until it is attached. A complete
+    response framed by length or chunks leaves its connection to ``pool``."""
 
-    def __init__(self, backend: BackendConfig, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self, backend: BackendConfig, timeouts: Timeouts | None = None, pool: Pool | None = None, key: Key | None = None
+    ) -> None:
         self.backend = backend
         self.timeouts = timeouts or Timeouts()
+        self.pool, self.key = pool, key
+        self.received = False  # any byte of the response arrived
+        self.on_close: Callable[[], None] | None = None  # called once, by close()
+        self._reuse = False  # the connection may serve another request once this one is complete
+        self._lost = False
         self._loop = asyncio.get_running_loop()
         self.head: asyncio.Future[int] = self._loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -78,6 +88,7 @@ class UpstreamStream(asyncio.Protocol):
             self._last = self._loop.time()
             self._feed(self._body, data)
             return
+        self.received = True
         self._buffer += data
         try:
             head = read_head(self._buffer)
@@ -89,6 +100,8 @@ class UpstreamStream(asyncio.Protocol):
             self._bad(str(exc))
             return
         self._buffer = b""
+        keep = "close" not in headers.get("connection", "").lower()
+        self._reuse = self.pool is not None and keep and not body.ends_at_close
         if self._status >= 400:
             self._error_body = bytearray()
         elif not self.head.done():  # not when open_stream already gave up (timeout, cancelled)
@@ -98,6 +111,7 @@ class UpstreamStream(asyncio.Protocol):
         self._feed(body, rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._stop_timer()
         if self.complete:
             return
@@ -139,6 +153,9 @@ class UpstreamStream(asyncio.Protocol):
     def close(self) -> None:
         """Done with the stream: an unfinished one is dropped, which makes vLLM abort it."""
         self._stop_timer()
+        if self.on_close is not None:
+            done, self.on_close = self.on_close, None
+            done()
         if self.transport is not None:
             if self.complete:
                 self.transport.close()
@@ -192,8 +209,13 @@ class UpstreamStream(asyncio.Protocol):
     def _complete(self) -> None:
         self.complete = True
         self._stop_timer()
-        if self.transport is not None:
-            self.transport.close()  # one request per connection
+        transport, self.transport = self.transport, None
+        if transport is not None and self._reuse and not self._lost and self.pool is not None and self.key:
+            if self._paused:
+                transport.resume_reading()
+            self.pool.put(self.key, transport)
+        elif transport is not None:
+            transport.close()
         if self._error_body is None:
             self._ended(None)
         elif not self.head.done():
@@ -219,41 +241,84 @@ class UpstreamStream(asyncio.Protocol):
         return unreachable(self.backend.name, self.backend.url, reason)
 
 
-async def open_stream(timeouts: Timeouts, backend: BackendConfig, path: str, body: Any, request_id: str = "") -> UpstreamStream:
-    """POST ``body`` to the backend and return once a response head with status < 400
-    arrived. Timeouts and errors raise the ``errors.*`` that ``backend.Upstream.post``
-    raises. The caller must attach a sink and ``close()`` the stream."""
+async def open_stream(
+    timeouts: Timeouts,
+    backend: BackendConfig,
+    path: str,
+    body: Any,
+    request_id: str = "",
+    *,
+    method: str = "POST",
+    pool: Pool | None = None,
+) -> UpstreamStream:
+    """Send the request (``body`` as JSON; None: no body) and return once a response head
+    with status < 400 arrived; an error status raises ``parse_backend_error``, timeouts and
+    connection failures the ``errors.*`` that name the backend. With a ``pool`` an idle
+    connection is reused; if the server had closed it, which shows before any response
+    byte, the request is sent once more on a fresh connection. The caller must attach a
+    sink and ``close()`` the stream."""
     url = urlsplit(f"{backend.url}{path}")
     tls = url.scheme == "https"
     host, port = url.hostname or "", url.port or (443 if tls else 80)
+    key: Key = (url.scheme, host, port, backend.ca_file)
+    data = b"" if body is None else orjson.dumps(body)
+    target = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
+    head = _request_head(method, target, url.netloc, backend, data if body is not None else None, request_id, pool is not None)
     loop = asyncio.get_running_loop()
-    stream = UpstreamStream(backend, timeouts)
     deadline = loop.time() + timeouts.first_byte
+    stream: UpstreamStream | None = None
     try:
         async with asyncio.timeout(timeouts.first_byte):
-            try:
-                async with asyncio.timeout(timeouts.connect):
-                    await loop.create_connection(lambda: stream, host, port, ssl=_tls() if tls else None)
-            except TimeoutError:
-                raise BackendTimeout(
-                    f"vLLM backend {backend.name} ({backend.public_url}) did not accept a connection "
-                    f"within {timeouts.connect:g} s"
-                ) from None
-            except OSError as exc:
-                raise stream.unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
-            assert stream.transport is not None
-            data = orjson.dumps(body)
-            stream.transport.write(_request_head(url.path or "/", url.query, url.netloc, backend, len(data), request_id))
-            stream.transport.write(data)
-            await stream.head
+            reused = pool.take(key) if pool is not None else None
+            while True:
+                stream = UpstreamStream(backend, timeouts, pool, key)
+                if reused is not None:
+                    reused.set_protocol(stream)
+                    stream.connection_made(reused)
+                else:
+                    await _connect(loop, stream, host, port, backend.ca_file if tls else None, timeouts)
+                assert stream.transport is not None
+                stream.transport.write(head + data if len(data) < 65536 else head)
+                if len(data) >= 65536:
+                    stream.transport.write(data)
+                try:
+                    await stream.head
+                    break
+                except BackendUnavailable:
+                    if reused is None or stream.received:
+                        raise
+                    stream.close()  # the server closed the idle connection: once more, fresh
+                    reused = None
     except TimeoutError:
-        stream.close()
+        if stream is not None:
+            stream.close()
         raise no_first_byte(backend.name, backend.url, timeouts.first_byte) from None
     except BaseException:
-        stream.close()
+        if stream is not None:
+            stream.close()
         raise
     stream.watch(deadline)
     return stream
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop, stream: UpstreamStream, host: str, port: int, ca_file: str | None, timeouts: Timeouts
+) -> None:
+    """A fresh connection for ``stream`` (TLS when ``ca_file`` is not None; "" is the
+    system's CA store)."""
+    backend = stream.backend
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            context = None if ca_file is None else _tls(ca_file)
+            await loop.create_connection(lambda: stream, host, port, ssl=context)
+    except TimeoutError:
+        raise BackendTimeout(
+            f"vLLM backend {backend.name} ({backend.public_url}) did not accept a connection within {timeouts.connect:g} s"
+        ) from None
+    except ssl.SSLError as exc:
+        raise stream.unreachable(f"TLS handshake failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise stream.unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
 
 
 class AsyncBody:
@@ -308,11 +373,17 @@ class AsyncBody:
             self._waiter.set_result(None)
 
 
-def _request_head(path: str, query: str, netloc: str, backend: BackendConfig, length: int, request_id: str) -> bytes:
+def _request_head(
+    method: str, target: str, netloc: str, backend: BackendConfig, data: bytes | None, request_id: str, keep: bool
+) -> bytes:
+    """The request head; the one place a backend's credentials are sent (the api_key as a
+    bearer token, else the URL's user:password as Basic auth)."""
     userinfo, _, hostport = netloc.rpartition("@")
-    target = f"{path}?{query}" if query else path
-    lines = [f"POST {target} HTTP/1.1", f"Host: {hostport}", "Accept: */*", f"User-Agent: ollama-vllm-proxy/{__version__}",
-             "Content-Type: application/json", f"Content-Length: {length}", "Connection: close"]  # fmt: skip
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {hostport}", "Accept: */*", f"User-Agent: ollama-vllm-proxy/{__version__}"]
+    if data is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    if not keep:
+        lines.append("Connection: close")
     if backend.api_key:
         lines.append(f"Authorization: Bearer {backend.api_key}")
     elif userinfo:  # credentials in the backend URL, as aiohttp would send them
@@ -324,5 +395,6 @@ def _request_head(path: str, query: str, netloc: str, backend: BackendConfig, le
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
-    return ssl.create_default_context()  # loading the CA store takes milliseconds: once per process
+def _tls(ca_file: str) -> ssl.SSLContext:
+    """Loading a CA store takes milliseconds: once per process and file."""
+    return ssl.create_default_context(cafile=ca_file or None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +12,7 @@ from aiohttp import web
 from proxy import errors
 from proxy.body import parse_json, read_body
 from proxy.registry import Registry, Route
-from proxy.state import CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, UPSTREAM
+from proxy.state import BACKENDS, CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, ROUTER
 from proxy.translate.common import keep_alive_seconds
 
 
@@ -85,11 +84,12 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 @contextlib.asynccontextmanager
-async def loaded(request: web.Request, route: Route, keep_alive: Any) -> AsyncIterator[Route]:
-    """Around a request that needs the model, yielding the route to send it on: a managed
-    model is started if needed and counted busy until the request (its stream included)
-    ends; a sleeping backend is woken first and its keep-alive timer restarted at the end
-    (proxy/keepalive.py)."""
+async def loaded(request: web.Request, route: Route, keep_alive: Any, session: str | None = None) -> AsyncIterator[Route]:
+    """Around a request that needs the model, yielding the route to send it on, its
+    ``backend`` the replica the router chose (``session`` keeps a conversation on one): a
+    managed model is started if needed and counted busy until the request (its stream
+    included) ends; a sleeping backend is woken first and its keep-alive timer restarted
+    at the end (proxy/keepalive.py)."""
     seconds = keep_alive_seconds(keep_alive)
     if route.managed:
         host = request.app[MANAGED]
@@ -98,15 +98,19 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any) -> AsyncIt
         if lease.started:
             request[CONTEXT].log["model_start_ms"] = round((time.monotonic_ns() - began) / 1e6, 1)
         try:
-            live = route._replace(backend=dataclasses.replace(route.backend, url=lease.url.rstrip("/")))
+            backend = request.app[BACKENDS].at(route.backend.config, lease.url.rstrip("/"))
+            live = route._replace(backend=backend, replicas=(backend,))
             registry = request.app[REGISTRY]
             if not registry.knows_context(route.facts.name):
                 with contextlib.suppress(errors.ProxyError):  # only the context length is missing then
-                    registry.update_managed(route.facts.name, await request.app[UPSTREAM].list_models(live.backend))
+                    registry.update_managed(route.facts.name, await backend.list_models())
             yield live
         finally:
             host.release(lease, seconds)
         return
+    chosen = request.app[ROUTER].pick(route.replicas, session) or route.backend
+    route = route._replace(backend=chosen)
+    request[CONTEXT].log["backend"] = chosen.name
     keepalive = request.app[KEEPALIVE]
     try:
         await keepalive.begin(route.backend)

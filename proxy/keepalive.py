@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from proxy.backend import Upstream
-from proxy.config import BackendConfig
+from proxy.backend import Backend
 from proxy.errors import ProxyError
 from proxy.timers import SYSTEM, Timers
 
@@ -41,31 +40,28 @@ class _State:
 
 
 class KeepAlive:
-    def __init__(
-        self, upstream: Upstream, backends: tuple[BackendConfig, ...], default_s: float, timers: Timers = SYSTEM
-    ) -> None:
-        self._upstream = upstream
+    def __init__(self, backends: list[Backend], default_s: float, timers: Timers = SYSTEM) -> None:
         self._timers = timers
         self._default = default_s
-        self._states = {b.name: _State() for b in backends if b.sleep_mode}
+        self._states = {b.name: _State() for b in backends if b.config.sleep_mode}
         self._backends = {b.name: b for b in backends}
         self._locks = {name: asyncio.Lock() for name in self._states}
 
-    def manages(self, backend: BackendConfig) -> bool:
+    def manages(self, backend: Backend) -> bool:
         return backend.name in self._states
 
-    def is_asleep(self, backend: BackendConfig) -> bool:
+    def is_asleep(self, backend: Backend) -> bool:
         state = self._states.get(backend.name)
         return bool(state and state.asleep)
 
-    def expires_at(self, backend: BackendConfig) -> float | None:
+    def expires_at(self, backend: Backend) -> float | None:
         """Seconds from now until the model unloads; None when it never does."""
         state = self._states.get(backend.name)
         if state is None or math.isinf(state.deadline):
             return None
         return max(0.0, state.deadline - self._timers.monotonic())
 
-    async def begin(self, backend: BackendConfig) -> None:
+    async def begin(self, backend: Backend) -> None:
         """Before forwarding a request: make sure the model is loaded."""
         state = self._states.get(backend.name)
         if state is None:
@@ -74,14 +70,14 @@ class KeepAlive:
         async with self._locks[backend.name]:
             now = self._timers.monotonic()
             if state.asleep or now - state.checked > _FRESH_S:
-                state.asleep = bool((await self._upstream.get_json(backend, "/is_sleeping")).get("is_sleeping"))
+                state.asleep = bool((await backend.get_json("/is_sleeping")).get("is_sleeping"))
                 state.checked = now
             if state.asleep:
                 log.info("waking backend", backend=backend.name)
-                await self._upstream.post_json(backend, "/wake_up", {})
+                await backend.post_json("/wake_up", {})
                 state.asleep = False
 
-    def end(self, backend: BackendConfig, keep_alive_s: float | None) -> None:
+    def end(self, backend: Backend, keep_alive_s: float | None) -> None:
         """After a request: restart the timer (Ollama counts from the end of a request)."""
         state = self._states.get(backend.name)
         if state is None:
@@ -90,14 +86,14 @@ class KeepAlive:
         seconds = self._default if keep_alive_s is None else keep_alive_s
         state.deadline = self._timers.monotonic() + seconds
 
-    async def unload(self, backend: BackendConfig) -> None:
+    async def unload(self, backend: Backend) -> None:
         state = self._states.get(backend.name)
         if state is None or state.asleep:
             return
         async with self._locks[backend.name]:
-            await self._upstream.post_json(backend, f"/sleep?level={backend.sleep_level}", {})
+            await backend.post_json(f"/sleep?level={backend.config.sleep_level}", {})
             state.asleep, state.deadline, state.checked = True, math.inf, self._timers.monotonic()
-            log.info("backend put to sleep", backend=backend.name, level=backend.sleep_level)
+            log.info("backend put to sleep", backend=backend.name, level=backend.config.sleep_level)
 
     async def run(self, tick_s: float = 1.0) -> None:
         while True:
@@ -107,7 +103,7 @@ class KeepAlive:
                     continue
                 backend = self._backends[name]
                 try:
-                    if await self._upstream.busy(backend):
+                    if await backend.busy():
                         state.deadline = self._timers.monotonic() + tick_s  # another worker's requests
                         continue
                     await self.unload(backend)

@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import errors, h1client
+from proxy import dispatch, errors, routing
+from proxy.backend import AsyncBody, UpstreamStream
 from proxy.handlers import loaded, read_json, resolve, unknown
 from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
-from proxy.state import CONFIG, CONTEXT, REGISTRY
+from proxy.state import CONTEXT, REGISTRY
 from proxy.streaming import json_response
 from proxy.translate import models as models_t
 from proxy.translate.common import with_system
@@ -55,17 +56,16 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
         # Ollama's openai/openai.go turns the request into an api.ChatRequest for the same
         # chat handler, so the model's SYSTEM applies unless the first message is a system one.
         body = with_system(body, route.facts.system)
-    async with loaded(request, route, None) as route:
+    async with loaded(request, route, None, routing.session_key(request.headers, body)) as route:
         return await _forward(request, route, name, body)
 
 
 async def _forward(request: web.Request, route: Route, name: str, body: dict[str, Any]) -> web.StreamResponse:
-    timeouts = request.app[CONFIG].timeouts
-    upstream = await h1client.open_stream(timeouts, route.backend, request.path, body, request[CONTEXT].request_id)
+    route, upstream = await dispatch.open_stream(request, route, request.path, body)
     rename = _Rename(route.facts.served, name)
     if body.get("stream") is not True:
         try:
-            raw = await h1client.AsyncBody(upstream).read()
+            raw = await AsyncBody(upstream).read()
         finally:
             upstream.close()
         try:
@@ -94,7 +94,7 @@ class _Rename:
         return event.replace(self._old, self._new, 1)
 
 
-async def _relay_sse(request: web.Request, upstream: h1client.UpstreamStream, rename: _Rename) -> web.StreamResponse:
+async def _relay_sse(request: web.Request, upstream: UpstreamStream, rename: _Rename) -> web.StreamResponse:
     """vLLM's events as they come, renamed. A stream that breaks (bad framing, a silent
     or vanished backend) raises once the head is out: the middleware ends it with an
     error event and ``[DONE]``."""
@@ -102,7 +102,7 @@ async def _relay_sse(request: web.Request, upstream: h1client.UpstreamStream, re
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     decoder = SSEDecoder()
     try:
-        body = h1client.AsyncBody(upstream)
+        body = AsyncBody(upstream)
         await response.prepare(request)
         context.response = response
         async for data in body.chunks():

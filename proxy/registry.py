@@ -1,8 +1,10 @@
-"""Which Ollama name is served by which backend under which served name. State only, no I/O:
-discovery feeds it what each backend's ``/v1/models`` listed. Managed models (``launch:``)
-are listed whether running or not; their backend URL is only known while they run.
-Library models (proxy/managed/library.py) are routed and listed only while ``present``
-(injected: the Hugging Face cache check) finds their weights."""
+"""Which Ollama name is served by which backends (replicas) under which served name. State
+only, no I/O: discovery feeds it what each backend's ``/v1/models`` listed. The same served
+name discovered on several backends, or a model entry whose ``backend:`` lists several,
+is one model with several replicas; ``proxy/routing.py`` chooses among them per request.
+Managed models (``launch:``) are listed whether running or not; their backend URL is only
+known while they run. Library models (proxy/managed/library.py) are routed and listed only
+while ``present`` (injected: the Hugging Face cache check) finds their weights."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from proxy import names, toolconf
+from proxy.backend import Backend, Backends
 from proxy.config import BackendConfig, Config, ModelEntry
 from proxy.managed import library
 from proxy.translate import fim
@@ -21,18 +24,23 @@ from proxy.translate.models import ModelFacts
 
 class Route(NamedTuple):
     facts: ModelFacts
-    backend: BackendConfig  # for a managed model, a placeholder until it runs (handlers.loaded)
+    backend: Backend  # the first replica, or the one chosen (handlers.loaded); managed: a placeholder until it runs
     managed: bool = False
+    replicas: tuple[Backend, ...] = ()  # every backend that serves the model, ``backend`` among them
 
 
 @dataclass
 class BackendState:
-    config: BackendConfig
+    backend: Backend
     up: bool = False
     error: str = ""
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # served name → /v1/models card
     capabilities: dict[str, tuple[str, ...]] = field(default_factory=dict)  # served name → probed
     seen_ns: dict[str, int] = field(default_factory=dict)  # served name → first seen (epoch ns)
+
+    @property
+    def config(self) -> BackendConfig:
+        return self.backend.config
 
 
 def _absent(_: str) -> bool:
@@ -40,8 +48,8 @@ def _absent(_: str) -> bool:
 
 
 class Registry:
-    def __init__(self, config: Config, present: Callable[[str], bool] = _absent) -> None:
-        self._states = {b.name: BackendState(b) for b in config.backends}
+    def __init__(self, config: Config, backends: Backends, present: Callable[[str], bool] = _absent) -> None:
+        self._states = {b.name: BackendState(backends[b.name]) for b in config.backends}
         self._by_url = {b.url: b.name for b in config.backends}
         self._aliases = [m for m in config.models if m.launch is None]
         self._managed: dict[str, tuple[ModelEntry, BackendState]] = {}
@@ -55,7 +63,8 @@ class Registry:
             self._alias.update({str(names.key(a)): key for a in item.aliases})
         for entry in library.managed(config):
             assert entry.launch is not None
-            state = BackendState(BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False))
+            placeholder = BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False)
+            state = BackendState(backends.make(placeholder))
             state.capabilities[entry.served] = library.capabilities(entry.launch, self._catalog)
             state.seen_ns[entry.served] = time.time_ns()
             if (length := entry.launch.max_model_len()) is not None:
@@ -127,26 +136,51 @@ class Registry:
         return [s for s in self._states.values() if s.config.discover and not s.up]
 
     def running_routes(self) -> list[Route]:
-        return [r for r in self._routes.values() if not r.managed and self._states[r.backend.name].up]
+        """Routes with a replica whose listing succeeded, each with only those replicas."""
+        out = []
+        for route in self._routes.values():
+            if route.managed:
+                continue
+            up = tuple(b for b in route.replicas if self._states[b.name].up)
+            if up:
+                out.append(route._replace(backend=up[0], replicas=up))
+        return out
+
+    def replicated(self) -> set[str]:
+        """Names of the backends that share a model with another backend."""
+        return {b.name for r in self._routes.values() if len(r.replicas) > 1 for b in r.replicas}
 
     def _rebuild(self) -> None:
         routes: dict[str, Route] = {}
         for key, (entry, state) in self._managed.items():
             parsed = names.parse(entry.name)
             assert parsed is not None  # config validated it
-            routes[key] = Route(self._facts(state, entry.served, parsed.display(), entry), state.config, managed=True)
+            facts = self._facts(state, entry.served, parsed.display(), entry)
+            routes[key] = Route(facts, state.backend, managed=True, replicas=(state.backend,))
         for entry in self._aliases:  # configured aliases win over discovered names
-            state = self._states[self._by_url.get(entry.backend, entry.backend)]
+            states = [self._states[self._by_url.get(b, b)] for b in entry.backends or (entry.backend,)]
             parsed = names.parse(entry.name)
             assert parsed is not None  # config validated it
-            routes.setdefault(parsed.key(), Route(self._facts(state, entry.served, parsed.display(), entry), state.config))
+            if parsed.key() not in routes:
+                facts = self._facts(self._listed(states, entry.served), entry.served, parsed.display(), entry)
+                routes[parsed.key()] = Route(facts, states[0].backend, replicas=tuple(s.backend for s in states))
+        discovered: dict[str, list[tuple[BackendState, str]]] = {}
         for state in self._states.values():
-            if not state.config.discover:
-                continue
-            for served in state.cards:
-                name = names.from_served(served)
-                routes.setdefault(name.key(), Route(self._facts(state, served, name.display(), None), state.config))
+            if state.config.discover:
+                for served in state.cards:
+                    discovered.setdefault(names.from_served(served).key(), []).append((state, served))
+        for key, serving in discovered.items():
+            if key not in routes:
+                state, served = serving[0]
+                facts = self._facts(state, served, names.from_served(served).display(), None)
+                replicas = tuple(s.backend for s, name in serving if name == served)
+                routes[key] = Route(facts, state.backend, replicas=replicas)
         self._routes = routes
+
+    @staticmethod
+    def _listed(states: list[BackendState], served: str) -> BackendState:
+        """The replica whose listing describes ``served`` (its context length, probes)."""
+        return next((s for s in states if served in s.cards), states[0])
 
     @staticmethod
     def _facts(state: BackendState, served: str, display: str, entry: ModelEntry | None) -> ModelFacts:

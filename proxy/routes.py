@@ -11,11 +11,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy import errors, fastrelay, h1client, names
+from proxy import dispatch, errors, fastrelay, names, routing
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
-from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, TOOLS_DROPPED, UPSTREAM
+from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, TOOLS_DROPPED
 from proxy.streaming import collect_ollama, json_response, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import fields
@@ -58,11 +58,12 @@ async def ps(request: web.Request) -> web.Response:
     forever = now + timedelta(days=365 * 292)
     loaded_models = []
     for route in request.app[REGISTRY].running_routes():
-        if keepalive.is_asleep(route.backend):
+        awake = [b for b in route.replicas if not keepalive.is_asleep(b)]
+        if not awake:
             continue
-        remaining = keepalive.expires_at(route.backend)
-        expires = forever if remaining is None else now + timedelta(seconds=remaining)
-        loaded_models.append((route.facts, expires.isoformat(), route.facts.size))
+        remaining = [keepalive.expires_at(b) for b in awake]
+        expires = forever if None in remaining else now + timedelta(seconds=max(r for r in remaining if r is not None))
+        loaded_models.append((route.facts, expires.isoformat(), route.facts.size, tuple(b.name for b in awake)))
     if MANAGED in request.app:
         loaded_models += await managed_ps(request.app[MANAGED], request.app[REGISTRY], forever)
     return json_response(models_t.to_ollama_ps(loaded_models))
@@ -93,7 +94,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     translated = to_openai_chat_request(with_system(body, route.facts.system), route.facts.served, route.facts.options,
                                         route.facts.max_model_len)  # fmt: skip
     translator = ChatStreamTranslator(name, request[CONTEXT].arrival_ns)
-    async with loaded(request, route, body.get("keep_alive")) as route:
+    async with loaded(request, route, body.get("keep_alive"), routing.session_key(request.headers, body)) as route:
         path = "/v1/chat/completions"
         return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "message")
 
@@ -120,7 +121,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         context_ids = None
         if body.get("context") and not body.get("raw"):
             tokenize = to_openai_tokenize_request(body, route.facts.served)
-            tokenized = await request.app[UPSTREAM].post_json(route.backend, "/tokenize", tokenize, request[CONTEXT].request_id)
+            route, tokenized = await dispatch.post_json(request, route, "/tokenize", tokenize)
             context_ids = list(tokenized.get("tokens") or [])
         facts = route.facts
         path, translated = to_openai_generate_request(
@@ -221,9 +222,8 @@ async def _generate(
     if dropped:
         log.debug("fields not sent to vLLM", dropped=dropped)
     translator.sent_ns = time.monotonic_ns()
-    request_id = request[CONTEXT].request_id
     try:
-        upstream = await h1client.open_stream(request.app[CONFIG].timeouts, route.backend, path, body, request_id)
+        route, upstream = await dispatch.open_stream(request, route, path, body)
     except errors.BackendError as exc:
         raise _gone(exc, "generate", translator.model) from None
     if stream:  # the callback hot path: no Task wakeup per event (proxy/fastrelay.py)
@@ -238,7 +238,7 @@ async def _tokenized_context(
     empty list (logged) if that fails too, since clients expect the field."""
     tokenize = to_openai_context_tokenize_request(body, route.facts.served, output, sent_ids)
     try:
-        tokenized = await request.app[UPSTREAM].post_json(route.backend, "/tokenize", tokenize, request[CONTEXT].request_id)
+        tokenized = await route.backend.post_json("/tokenize", tokenize, request[CONTEXT].request_id)
     except errors.ProxyError as exc:
         request[CONTEXT].log["context_error"] = exc.message
         return []
@@ -252,7 +252,7 @@ async def _tokenized_context(
 async def _call_embeddings(request: web.Request, route: Route, body: dict[str, Any], strict: bool) -> Any:
     request[CONTEXT].sent_ns = time.monotonic_ns()
     try:
-        return await request.app[UPSTREAM].post_json(route.backend, "/v1/embeddings", body, request[CONTEXT].request_id)
+        return (await dispatch.post_json(request, route, "/v1/embeddings", body))[1]
     except errors.BackendError as exc:
         if strict and exc.status == 400 and "maximum context length" in exc.message:
             raise errors.BadRequest("the input length exceeds the context length") from None

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backend import Upstream
+from proxy.backend import Backends
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.discovery import Discovery
@@ -15,10 +15,12 @@ from proxy.keepalive import KeepAlive
 from proxy.managed.host import Host
 from proxy.managed.process import Launcher
 from proxy.registry import Registry
+from proxy.routing import Router
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", Registry)
-UPSTREAM = web.AppKey("upstream", Upstream)
+BACKENDS = web.AppKey("backends", Backends)
+ROUTER = web.AppKey("router", Router)
 DISCOVERY = web.AppKey("discovery", Discovery)
 CLOCK = web.AppKey("clock", Clock)
 KEEPALIVE = web.AppKey("keepalive", KeepAlive)

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.backend import AsyncBody, UpstreamStream
 from proxy.clock import Clock
 from proxy.encoder import Encoder
 from proxy.errors import ProxyError
-from proxy.h1client import AsyncBody, UpstreamStream
 from proxy.state import CONTEXT
 from proxy.translate.stream import StreamTranslator
 

@@ -67,10 +67,10 @@ class _NoLauncher:
         raise StartFailed("this build of the proxy has no process launcher (proxy/managed/launcher.py)")
 
 
-async def managed_ps(managed: Host, registry: Registry, forever: datetime) -> list[tuple[ModelFacts, str, int]]:
+async def managed_ps(managed: Host, registry: Registry, forever: datetime) -> list[tuple[ModelFacts, str, int, tuple[str, ...]]]:
     """/api/ps rows of the running managed models. ``size_vram`` is the model's share of
     its device's memory when ``nvidia-smi`` reports it, else the configured ``size``."""
-    rows = []
+    rows: list[tuple[ModelFacts, str, int, tuple[str, ...]]] = []
     for model in await managed.loaded():
         route = registry.resolve(model.name)
         if route is None:
@@ -78,7 +78,7 @@ async def managed_ps(managed: Host, registry: Registry, forever: datetime) -> li
         expires = forever if model.expires_at is None else datetime.fromtimestamp(model.expires_at, UTC)
         memory = device_memory(model.device)
         vram = int(model.share * memory) if memory else route.facts.size
-        rows.append((route.facts, expires.isoformat(), vram))
+        rows.append((route.facts, expires.isoformat(), vram, (route.backend.name,)))
     return rows
 
 

@@ -83,14 +83,15 @@ def to_ollama_tags(models: list[ModelFacts]) -> dict[str, Any]:
     return {"models": [to_ollama_tag(m) for m in ordered]}
 
 
-def to_ollama_ps(models: list[tuple[ModelFacts, str, int]]) -> dict[str, Any]:
-    """Loaded models with their RFC 3339 expiry and VRAM bytes, the longest remaining
-    first (as Ollama)."""
+def to_ollama_ps(models: list[tuple[ModelFacts, str, int, tuple[str, ...]]]) -> dict[str, Any]:
+    """Loaded models with their RFC 3339 expiry, VRAM bytes and the backends serving them
+    (a field of the proxy's own; Ollama's clients ignore it), the longest remaining first
+    (as Ollama)."""
     out = []
-    for facts, expires_at, size_vram in sorted(models, key=lambda m: (m[1], m[0].name), reverse=True):
+    for facts, expires_at, size_vram, backends in sorted(models, key=lambda m: (m[1], m[0].name), reverse=True):
         entry = to_ollama_tag(facts)
         del entry["capabilities"]
-        entry.update(expires_at=expires_at, size_vram=size_vram)
+        entry.update(expires_at=expires_at, size_vram=size_vram, backends=list(backends))
         if facts.max_model_len:
             entry["context_length"] = facts.max_model_len
         out.append(entry)

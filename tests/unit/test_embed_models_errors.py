@@ -83,7 +83,7 @@ def test_show_has_model_info_and_parameters() -> None:
 
 
 def test_ps_reports_context_length_and_expiry() -> None:
-    (entry,) = models.to_ollama_ps([(FACTS, "2318-01-01T00:00:00+00:00", FACTS.size)])["models"]
+    (entry,) = models.to_ollama_ps([(FACTS, "2318-01-01T00:00:00+00:00", FACTS.size, ("b",))])["models"]
     assert entry["context_length"] == 1024 and entry["expires_at"].startswith("2318")
     assert entry["size_vram"] == entry["size"]
 

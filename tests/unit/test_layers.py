@@ -18,7 +18,7 @@ PROXY = Path(__file__).resolve().parents[2] / "proxy"
 # The names that open a connection or a process, and the modules allowed to use them.
 OPENERS = {"ClientSession", "TCPConnector", "UnixConnector", "create_connection", "open_connection",
            "create_subprocess_exec", "create_subprocess_shell", "Popen", "socket"}  # fmt: skip
-# backend.py and h1client.py talk to vLLM; managed/launcher and managed/shim start it;
+# backend.py (the runtime Backend) and h1client.py (its client) talk to vLLM; managed/launcher and managed/shim start it;
 # workers.py starts and supervises the proxy's own worker processes.
 SEAM = {"backend.py", "h1client.py", "workers.py"}
 
@@ -62,5 +62,21 @@ def test_only_the_backend_seam_opens_upstream_connections() -> None:
 
 
 def test_the_seam_is_where_connections_are_opened() -> None:
-    assert openers_used((PROXY / "backend.py").read_text()) >= {"ClientSession", "TCPConnector"}
     assert "create_connection" in openers_used((PROXY / "h1client.py").read_text())
+
+
+def stream_openers(source: str) -> bool:
+    """Whether the module calls ``h1client.open_stream`` (or imports it)."""
+    for node in ast.walk(ast.parse(source)):
+        called = isinstance(node, ast.Attribute) and node.attr == "open_stream"
+        if called and isinstance(node.value, ast.Name) and node.value.id == "h1client":  # type: ignore[attr-defined]
+            return True
+        imported = isinstance(node, ast.ImportFrom) and node.module == "proxy.h1client"
+        if imported and any(a.name == "open_stream" for a in node.names):  # type: ignore[attr-defined]
+            return True
+    return False
+
+
+def test_only_a_backend_opens_upstream_requests() -> None:
+    users = [str(p.relative_to(PROXY)) for p in sorted(PROXY.rglob("*.py")) if stream_openers(p.read_text())]
+    assert users == ["backend.py"]

@@ -171,7 +171,7 @@ FACTS = ModelFacts(
 
 
 def test_a_model_without_a_known_context_length_reports_none() -> None:
-    (entry,) = to_ollama_ps([(FACTS, "2318-01-01T00:00:00Z", 0)])["models"]
+    (entry,) = to_ollama_ps([(FACTS, "2318-01-01T00:00:00Z", 0, ())])["models"]
     assert "context_length" not in entry
     show = to_ollama_show(FACTS, "tiny")
     assert not any(key.endswith(".context_length") for key in show["model_info"])

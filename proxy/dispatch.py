@@ -1,0 +1,59 @@
+"""Sending a request to the backend chosen for it, with one failover: a request whose
+backend fails before answering (a connection that cannot be opened or breaks before the
+response head, or a 5xx) is sent once more to another healthy replica of the model. Once
+a response head arrived nothing is resent, so a client never gets a silent second
+generation; what breaks after that reaches the client as the error line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from proxy.backend import Backend, UpstreamStream
+from proxy.errors import BackendError, BackendUnavailable, ProxyError
+from proxy.registry import Route
+from proxy.state import CONTEXT, KEEPALIVE, ROUTER
+
+
+async def open_stream(request: web.Request, route: Route, path: str, body: Mapping[str, Any]) -> tuple[Route, UpstreamStream]:
+    """The opened stream and the route whose ``backend`` answered."""
+    request_id = request[CONTEXT].request_id
+    try:
+        return route, await route.backend.open_stream(path, body, request_id)
+    except ProxyError as exc:
+        other = _replica(request, route, exc)
+        if other is None:
+            raise
+    route = _failed_over(request, route, other)
+    return route, await other.open_stream(path, body, request_id)
+
+
+async def post_json(request: web.Request, route: Route, path: str, body: Mapping[str, Any]) -> tuple[Route, Any]:
+    request_id = request[CONTEXT].request_id
+    try:
+        return route, await route.backend.post_json(path, body, request_id)
+    except ProxyError as exc:
+        other = _replica(request, route, exc)
+        if other is None:
+            raise
+    route = _failed_over(request, route, other)
+    return route, await other.post_json(path, body, request_id)
+
+
+def _replica(request: web.Request, route: Route, exc: ProxyError) -> Backend | None:
+    """Another healthy replica, when ``exc`` says the backend failed rather than refused
+    the request. Sleep-mode replicas are left out: their keep-alive is per request."""
+    failed = isinstance(exc, BackendUnavailable) or (isinstance(exc, BackendError) and exc.status >= 500)
+    if route.managed or not failed:
+        return None
+    keepalive = request.app[KEEPALIVE]
+    candidates = [b for b in route.replicas if not keepalive.manages(b)]
+    return request.app[ROUTER].pick(candidates, exclude={route.backend})
+
+
+def _failed_over(request: web.Request, route: Route, other: Backend) -> Route:
+    log = request[CONTEXT].log
+    log["failed_over_from"], log["backend"] = route.backend.name, other.name
+    return route._replace(backend=other)
