@@ -56,7 +56,7 @@ class FakeVLLM:
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def start(self, port: int = 0) -> str:
+    async def start(self, port: int = 0, ssl_context: Any = None) -> str:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # vLLM takes long prompts
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/version", self._version)
@@ -72,10 +72,10 @@ class FakeVLLM:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
         return self.url
 
     async def stop(self) -> None:
