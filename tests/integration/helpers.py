@@ -113,7 +113,7 @@ class BreakingVLLM(FakeVLLM):
         self.break_cleanly = False
         self.keepalive_timeout = 75.0
 
-    async def start(self, port: int = 0) -> str:
+    async def start(self, port: int = 0, ssl_context: Any = None) -> str:
         # FakeVLLM.start with the runner's keep-alive idle timeout configurable, as
         # uvicorn's (vLLM's) 5 s VLLM_HTTP_TIMEOUT_KEEP_ALIVE.
         original = web.AppRunner
@@ -123,7 +123,7 @@ class BreakingVLLM(FakeVLLM):
 
         web.AppRunner = runner  # type: ignore[assignment,misc]
         try:
-            return await super().start(port)
+            return await super().start(port, ssl_context)
         finally:
             web.AppRunner = original  # type: ignore[misc]
 

@@ -142,12 +142,12 @@ async def test_an_https_backend_with_a_self_signed_certificate(start_proxy: Any,
 async def test_a_pooled_connection_closed_by_the_server_is_retried_on_a_fresh_one() -> None:
     """A server that answers one request per connection and keeps it open, then closes it
     on the next request without answering (a server closing an idle connection)."""
-    connections: list[int] = []
+    connections: list[asyncio.StreamWriter] = []
     body = orjson.dumps({"data": [{"id": "tiny"}]})
     reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
+        connections.append(writer)
         try:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(reply)
@@ -168,18 +168,21 @@ async def test_a_pooled_connection_closed_by_the_server_is_retried_on_a_fresh_on
         assert len(connections) == 2 and backend.health.up
     finally:
         pool.close()
+        for writer in connections:
+            writer.close()
+            await writer.wait_closed()
         server.close()
         await server.wait_closed()
 
 
 async def test_an_idle_connection_past_four_seconds_is_not_reused() -> None:
     now = [0.0]
-    connections: list[int] = []
+    connections: list[asyncio.StreamWriter] = []
     body = b'{"data": []}'
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
+        connections.append(writer)
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
@@ -202,5 +205,8 @@ async def test_an_idle_connection_past_four_seconds_is_not_reused() -> None:
         assert len(connections) == 2  # too old: a fresh connection
     finally:
         pool.close()
+        for writer in connections:
+            writer.close()
+            await writer.wait_closed()
         server.close()
         await server.wait_closed()
