@@ -6,8 +6,8 @@ generation; what breaks after that reaches the client as the error line."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -16,30 +16,29 @@ from proxy.errors import BackendError, BackendUnavailable, ProxyError
 from proxy.registry import Route
 from proxy.state import CONTEXT, KEEPALIVE, ROUTER
 
+T = TypeVar("T")
+
 
 async def open_stream(request: web.Request, route: Route, path: str, body: Mapping[str, Any]) -> tuple[Route, UpstreamStream]:
     """The opened stream and the route whose ``backend`` answered."""
     request_id = request[CONTEXT].request_id
-    try:
-        return route, await route.backend.open_stream(path, body, request_id)
-    except ProxyError as exc:
-        other = _replica(request, route, exc)
-        if other is None:
-            raise
-    route = _failed_over(request, route, other)
-    return route, await other.open_stream(path, body, request_id)
+    return await _with_failover(request, route, lambda backend: backend.open_stream(path, body, request_id))
 
 
 async def post_json(request: web.Request, route: Route, path: str, body: Mapping[str, Any]) -> tuple[Route, Any]:
     request_id = request[CONTEXT].request_id
+    return await _with_failover(request, route, lambda backend: backend.post_json(path, body, request_id))
+
+
+async def _with_failover(request: web.Request, route: Route, send: Callable[[Backend], Awaitable[T]]) -> tuple[Route, T]:
+    """``send`` to the route's backend; if it failed before answering, once to a replica."""
     try:
-        return route, await route.backend.post_json(path, body, request_id)
+        return route, await send(route.backend)
     except ProxyError as exc:
         other = _replica(request, route, exc)
         if other is None:
             raise
-    route = _failed_over(request, route, other)
-    return route, await other.post_json(path, body, request_id)
+    return _failed_over(request, route, other), await send(other)
 
 
 def _replica(request: web.Request, route: Route, exc: ProxyError) -> Backend | None:
