@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
-from proxy import catalog, names, routing_config, toolconf
+from proxy import backend_config, catalog, names, routing_config, toolconf
+from proxy.backend_config import BackendConfig as BackendConfig
+from proxy.backend_config import Timeouts as Timeouts
 from proxy.confcheck import ConfigError as ConfigError
-from proxy.confcheck import boolean as _bool
 from proxy.confcheck import choice as _choice
 from proxy.confcheck import count as _count
 from proxy.confcheck import listing as _list
@@ -27,7 +27,6 @@ from proxy.confcheck import text as _str
 from proxy.errors import BadRequest
 from proxy.managed import settings as launch_settings
 from proxy.managed.settings import LaunchSettings
-from proxy.redact import display_url, host_port, url_secrets
 from proxy.translate.common import keep_alive_seconds
 from proxy.translate.fim import TEMPLATES as FIM_TEMPLATES
 
@@ -36,39 +35,6 @@ DEFAULT_LISTEN = "127.0.0.1:11434"
 # `think` appeared around 0.9), so it must be a recent, numeric dotted Ollama version.
 DEFAULT_OLLAMA_VERSION = "0.13.0"
 CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking")
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float = 10.0  # seconds to open a TCP connection to a backend
-    first_byte: float = 600.0  # seconds until the backend answers with headers
-    discovery: float = 5.0  # seconds for one GET /v1/models during discovery
-    idle: float = 120.0  # seconds of silence between body bytes once a backend answered
-
-
-@dataclass(frozen=True, repr=False)
-class BackendConfig:
-    url: str  # base URL of a vLLM server, without /v1; may hold user:password@ (never shown)
-    name: str  # label used in logs, errors and model entries
-    api_key: str | None = None  # sent as "Authorization: Bearer ..." to the backend
-    discover: bool = True  # list the backend's /v1/models as Ollama models
-    sleep_mode: bool = False  # vLLM runs with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
-    sleep_level: int = 1  # 1: weights to CPU RAM (fast wake); 2: weights discarded
-    tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools (proxy/toolconf.py)
-    ca_file: str = ""  # https:// backends: CA certificate(s) to verify it by; "" = the system's store
-
-    @property
-    def public_url(self) -> str:
-        """The URL as errors, logs, listings and metrics show it: password replaced by ***."""
-        return display_url(self.url)
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """What must never appear in any text: the URL's password and the api_key."""
-        return url_secrets(self.url) + ((self.api_key,) if self.api_key else ())
-
-    def __repr__(self) -> str:  # a traceback or debug print must not show the secrets either
-        return f"BackendConfig(name={self.name!r}, url={self.public_url!r}, api_key={'***' if self.api_key else None})"
 
 
 @dataclass(frozen=True)
@@ -138,7 +104,7 @@ class Config:
         extra = []
         for url in backends:
             try:
-                extra.append(_backend({"url": url}, "backend"))
+                extra.append(backend_config.backend({"url": url}, "backend"))
             except ConfigError as exc:
                 raise ConfigError(f"--backend: {str(exc).split(': ', 1)[1]}") from None
         if listen is not None:
@@ -287,7 +253,7 @@ def _config(data: Any, source: str) -> Config:
         except BadRequest as exc:
             raise ConfigError(f"keep_alive: {exc.message}") from None
     if "timeouts" in data:
-        kw["timeouts"] = _timeouts(data["timeouts"])
+        kw["timeouts"] = backend_config.timeouts(data["timeouts"])
     if "routing" in data:
         kw["routing"] = routing_config.parse(data["routing"])
     if "max_loaded" in data:
@@ -297,7 +263,7 @@ def _config(data: Any, source: str) -> Config:
     kw.update({k: _positive(data[k], k) for k in ("queue_timeout", "load_timeout") if k in data})
     if "vllm_python" in data:
         kw["vllm_python"] = _str(data["vllm_python"], "vllm_python")
-    backends = [_backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]
+    backends = [backend_config.backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]
     kw["backends"] = routing_config.unique_backends(backends, "backends")
     models = [_model(m, f"models[{i}]") for i, m in enumerate(_list(data.get("models", []), "models"))]
     known = {b.name for b in kw["backends"]} | {b.url for b in kw["backends"]}
@@ -312,47 +278,6 @@ def _config(data: Any, source: str) -> Config:
     kw["models"] = tuple(models)
     kw["library"] = catalog.settings(data)
     return Config(**kw)
-
-
-def _timeouts(data: Any) -> Timeouts:
-    _require_mapping(data, "timeouts", {"connect", "first_byte", "discovery", "idle"})
-    return Timeouts(**{k: _positive(v, f"timeouts.{k}") for k, v in data.items()})
-
-
-def _backend(data: Any, where: str) -> BackendConfig:
-    if isinstance(data, str):
-        data = {"url": data}
-    _require_mapping(
-        data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level", "ca_file", *toolconf.KEYS}
-    )
-    if "url" not in data:
-        raise ConfigError(f"{where}.url: missing")
-    url = _str(data["url"], f"{where}.url").rstrip("/")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"{where}.url: {display_url(url)!r} has an invalid port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}.url: {display_url(url)!r} is not an http(s) URL")
-    if url.endswith("/v1"):
-        url = url[:-3]
-    api_key = _str(data["api_key"], f"{where}.api_key") if data.get("api_key") else None
-    if data.get("api_key_env"):
-        env = _str(data["api_key_env"], f"{where}.api_key_env")
-        api_key = os.environ.get(env)
-        if not api_key:
-            raise ConfigError(f"{where}.api_key_env: environment variable {env} is not set")
-    return BackendConfig(
-        url=url,
-        name=_str(data.get("name", host_port(url)), f"{where}.name"),  # never the userinfo
-        api_key=api_key,
-        discover=_bool(data.get("discover", True), f"{where}.discover"),
-        sleep_mode=_bool(data.get("sleep_mode", False), f"{where}.sleep_mode"),
-        sleep_level=_choice(data.get("sleep_level", 1), f"{where}.sleep_level", (1, 2)),
-        tools=toolconf.parse(data, where),
-        ca_file=_optional_str(data, "ca_file", where),
-    )
 
 
 _MODEL_KEYS = {"name", "backend", "served", "family", "parameter_size", "quantization_level",
