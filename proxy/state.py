@@ -11,6 +11,7 @@ from proxy.backend import Backends
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.discovery import Discovery
+from proxy.identity import Caller
 from proxy.keepalive import KeepAlive
 from proxy.managed.host import Host
 from proxy.managed.process import Launcher
@@ -38,6 +39,16 @@ class RequestContext:
     sent_ns: int = 0  # monotonic time the upstream request was sent
     log: dict[str, Any] = field(default_factory=dict)  # fields of the canonical log line
     response: web.StreamResponse | None = None  # a streamed response once its head is out
+    caller: Caller | None = None  # who is asking, once the middleware resolved it; read by caller_of
 
 
 CONTEXT = web.RequestKey("context", RequestContext)
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The request's caller (proxy/identity.py): as the middleware resolved it, else its
+    client address."""
+    context: RequestContext | None = request.get(CONTEXT)
+    if context is not None and context.caller is not None:
+        return context.caller
+    return Caller(user=request.remote or "unknown")
