@@ -152,7 +152,7 @@ class StreamTranslator:
         return calls
 
     def _metrics(self, now_ns: int) -> dict[str, int]:
-        """Ollama's metrics from what the proxy can measure (README "Metrics").
+        """Ollama's metrics from what the proxy can measure (docs/compatibility.md "Metrics").
 
         total: arrival → end; load: arrival → upstream request sent; prompt_eval:
         sent → first upstream chunk (vLLM's queueing and prefill); eval: first chunk →

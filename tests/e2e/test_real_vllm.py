@@ -99,7 +99,7 @@ def norm(v: list[float]) -> float:
 
 
 def assert_counts_match(final: Any, usage: dict[str, Any]) -> None:
-    """eval_count / prompt_eval_count are vLLM's own token counts (README "Metrics")."""
+    """eval_count / prompt_eval_count are vLLM's own token counts (docs/compatibility.md "Metrics")."""
     assert final.prompt_eval_count == usage["prompt_tokens"]
     assert final.eval_count == usage["completion_tokens"]
     for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
