@@ -3,6 +3,7 @@ call → respond)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -131,10 +132,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
         translator = GenerateStreamTranslator(name, request[CONTEXT].arrival_ns, context=with_context)
         sent_ids = translated.body["prompt"] if path == "/v1/completions" and with_context else None
 
-        async def tokenize_context() -> None:
-            if translator.missing_context:
+        async def tokenize_context(served: Route) -> None:
+            if translator.missing_context:  # on the replica that generated, after any failover
                 output = "".join(translator.output_text)
-                translator.set_context(await _tokenized_context(request, route, body, output, sent_ids))
+                translator.set_context(await _tokenized_context(request, served, body, output, sent_ids))
 
         return await _generate(request, route, path, translated.body, translated.dropped, translator, stream, "",
                                tokenize_context)  # fmt: skip
@@ -217,8 +218,10 @@ async def _generate(
     translator: StreamTranslator,
     stream: bool,
     fold_key: str,
-    before_final: Callable[[], Awaitable[None]] | None = None,
+    before_final: Callable[[Route], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
+    """Open the stream (with failover) and relay it; ``before_final`` gets the route that
+    answered, once its body is complete."""
     if dropped:
         log.debug("fields not sent to vLLM", dropped=dropped)
     translator.sent_ns = time.monotonic_ns()
@@ -226,9 +229,10 @@ async def _generate(
         route, upstream = await dispatch.open_stream(request, route, path, body)
     except errors.BackendError as exc:
         raise _gone(exc, "generate", translator.model) from None
+    final = None if before_final is None else functools.partial(before_final, route)
     if stream:  # the callback hot path: no Task wakeup per event (proxy/fastrelay.py)
-        return await fastrelay.relay(request, upstream, translator, request.app[CLOCK], before_final)
-    return await collect_ollama(request, upstream, translator, request.app[CLOCK], fold_key, before_final)
+        return await fastrelay.relay(request, upstream, translator, request.app[CLOCK], final)
+    return await collect_ollama(request, upstream, translator, request.app[CLOCK], fold_key, final)
 
 
 async def _tokenized_context(

@@ -45,6 +45,7 @@ class FakeVLLM:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.fail_next: tuple[int, str] | None = None  # (status, message) for the next request
         self.midstream_error: str | None = None  # error event after the first token
+        self.token_ids = True  # honour return_token_ids (False: an older vLLM, or a router that drops them)
         self.stall = False  # stop after the role chunk and wait for the client to leave
         self.token_delay = 0.0
         self.aborted = 0  # streams whose client went away before the end
@@ -251,7 +252,7 @@ class FakeVLLM:
     def _events(self, body: dict[str, Any], chat: bool, tokens: list[str], finish: str) -> list[dict[str, Any]]:
         env = _envelope(body, chat)
         reply = self.reply
-        ids = body.get("return_token_ids")
+        ids = body.get("return_token_ids") and self.token_ids
         want_lp = body.get("logprobs")
         if not chat:
             events = []
