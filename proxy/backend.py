@@ -16,7 +16,7 @@ import structlog
 
 from proxy import h1client
 from proxy.config import BackendConfig, Config, Timeouts
-from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
+from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.h1client import AsyncBody as AsyncBody  # re-exported: the body of a stream a Backend opened
 from proxy.h1client import UpstreamStream as UpstreamStream
 from proxy.h1pool import Pool
@@ -78,12 +78,15 @@ class Backend:
 
     async def get(self, path: str) -> bytes:
         """A short control-plane GET (listing, health, sleep state, metrics), bounded by
-        ``timeouts.discovery``. Only a connection failure counts against health here."""
+        ``timeouts.discovery``. Only a connection failure (or no connection in time) counts
+        against health here."""
         short = replace(self.timeouts, first_byte=self.timeouts.discovery, idle=self.timeouts.discovery,
                         connect=min(self.timeouts.connect, self.timeouts.discovery))  # fmt: skip
         try:
             stream = await h1client.open_stream(short, self.config, path, None, method="GET", pool=self.pool)
-        except BackendTimeout:
+        except BackendTimeout as exc:
+            if isinstance(exc, ConnectTimeout):
+                self._observe(exc)
             raise BackendTimeout(f"vLLM backend {self.name} ({self.config.public_url}) did not answer {path} in time") from None
         except BackendUnavailable as exc:
             self._observe(exc)
@@ -161,7 +164,7 @@ class Backend:
 
     def _observe(self, exc: ProxyError) -> None:
         """Passive health: connection failures, 5xx answers and timeouts."""
-        hard = isinstance(exc, BackendUnavailable) and not isinstance(exc, BackendError)
+        hard = isinstance(exc, ConnectTimeout) or (isinstance(exc, BackendUnavailable) and not isinstance(exc, BackendError))
         if not (hard or isinstance(exc, BackendTimeout) or (isinstance(exc, BackendError) and exc.status >= 500)):
             self.health.succeeded()  # a 4xx is an answer: the server is up
             return

@@ -1,6 +1,6 @@
 """Sending a request to the backend chosen for it, with one failover: a request whose
-backend fails before answering (a connection that cannot be opened or breaks before the
-response head, or a 5xx) is sent once more to another healthy replica of the model. Once
+backend fails before answering (a connection that cannot be opened in time or breaks
+before the response head, or a 5xx) is sent once more to another healthy replica of the model. Once
 a response head arrived nothing is resent, so a client never gets a silent second
 generation; what breaks after that reaches the client as the error line."""
 
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from proxy.backend import Backend, UpstreamStream
-from proxy.errors import BackendError, BackendUnavailable, ProxyError
+from proxy.errors import BackendError, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.registry import Route
 from proxy.state import CONTEXT, KEEPALIVE, ROUTER
 
@@ -44,7 +44,7 @@ async def _with_failover(request: web.Request, route: Route, send: Callable[[Bac
 def _replica(request: web.Request, route: Route, exc: ProxyError) -> Backend | None:
     """Another healthy replica, when ``exc`` says the backend failed rather than refused
     the request. Sleep-mode replicas are left out: their keep-alive is per request."""
-    failed = isinstance(exc, BackendUnavailable) or (isinstance(exc, BackendError) and exc.status >= 500)
+    failed = isinstance(exc, BackendUnavailable | ConnectTimeout) or (isinstance(exc, BackendError) and exc.status >= 500)
     if route.managed or not failed:
         return None
     keepalive = request.app[KEEPALIVE]

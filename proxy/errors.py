@@ -11,6 +11,7 @@
     ├── ModelLoadFailed        500  a managed model's vLLM did not start (with its log tail)
     ├── BackendUnavailable     502  connection refused / reset / DNS: names the backend
     ├── BackendTimeout         504  no connection or no first byte in time
+    │   └── ConnectTimeout     504  no connection in time (nothing was sent)
     └── BackendError           4xx/5xx as vLLM answered, with vLLM's message
 
 Before the first byte a handler's error becomes a real status and ``{"error": msg}``
@@ -74,6 +75,11 @@ class BackendUnavailable(ProxyError):
 
 class BackendTimeout(ProxyError):
     status = 504
+
+
+class ConnectTimeout(BackendTimeout):
+    """The backend did not accept a connection within ``timeouts.connect``: nothing was
+    sent, so another replica may take the request."""
 
 
 class BackendError(ProxyError):

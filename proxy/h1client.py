@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from proxy import __version__
+from proxy import __version__, errors
 from proxy.config import BackendConfig, Timeouts
 from proxy.errors import (
     BackendTimeout,
@@ -312,7 +312,7 @@ async def _connect(
             context = None if ca_file is None else _tls(ca_file)
             await loop.create_connection(lambda: stream, host, port, ssl=context)
     except TimeoutError:
-        raise BackendTimeout(
+        raise errors.ConnectTimeout(
             f"vLLM backend {backend.name} ({backend.public_url}) did not accept a connection within {timeouts.connect:g} s"
         ) from None
     except ssl.SSLError as exc:

@@ -2,8 +2,8 @@
 
 Health is learnt passively from the requests themselves and actively by probing:
 
-- a connection that cannot be opened (refused, reset, DNS, TLS) takes the backend out at
-  once; ``SOFT_FAILURES`` consecutive 5xx answers or timeouts do too;
+- a connection that cannot be opened (refused, reset, DNS, TLS, or not accepted within
+  ``timeouts.connect``) takes the backend out at once; ``SOFT_FAILURES`` consecutive 5xx answers or timeouts do too;
 - out, it gets no requests while a healthy replica exists, for ``cooldown_s``; then
   ``GET /health`` is probed every ``probe_s`` until one succeeds, which brings it back;
 - any successful request resets the count of consecutive failures.

@@ -5,6 +5,8 @@ it counts against the backend's health but is never resent; the follow-up ``/tok
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,3 +57,37 @@ async def test_generate_tokenizes_its_context_on_the_replica_that_served(start_p
     assert reply["response"] == "Hello, world!" and reply["context"]
     assert (paths(first, "/v1/chat/completions"), paths(second, "/v1/chat/completions")) == (1, 1)  # failed over
     assert (paths(first, "/tokenize"), paths(second, "/tokenize")) == (0, 1)
+
+
+def blackhole(port: int) -> tuple[socket.socket, socket.socket]:
+    """Make ``port`` a host whose connections are never accepted: a listening socket with
+    a backlog of 0 whose one queue slot is taken, so the kernel drops every further SYN and
+    a connect hangs until its timeout (as with a dead host that drops packets)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen(0)
+    return server, socket.create_connection(("127.0.0.1", port))
+
+
+async def test_a_connect_timeout_fails_over_and_takes_the_backend_out(start_proxy: Any, fakes: list[FakeVLLM]) -> None:
+    dead, good = fakes
+    data = config([dead.url, good.url], strategy="first")
+    data["timeouts"] = {"connect": 0.2}
+    base = await start_proxy(**data)
+    await dead.stop()  # discovered and healthy; now its host drops every connection attempt
+    sockets = blackhole(int(dead.url.rsplit(":", 1)[1]))
+    try:
+        async with aiohttp.ClientSession() as session:
+            began = time.monotonic()
+            status, raw = await post(session, f"{base}/api/chat", CHAT)
+            first = time.monotonic() - began
+            assert status == 200 and orjson.loads(raw)["message"]["content"] == "Hello, world!", raw
+            began = time.monotonic()
+            assert (await post(session, f"{base}/api/chat", CHAT))[0] == 200
+            second = time.monotonic() - began
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert paths(good, "/v1/chat/completions") == 2
+    assert first >= 0.2 and second < 0.2  # one connect timeout, then the backend was out
