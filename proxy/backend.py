@@ -63,7 +63,8 @@ class Backend:
                 self._observe(exc)
             raise
         stream.on_close = self._ended
-        self.health.succeeded()
+        if not self.health.up:
+            self.health.succeeded()  # it answered: back in (a probe would say the same)
         sample = (self.clock() - began) * 1000
         self.latency_ms = sample if self.latency_ms is None else self.latency_ms + _LATENCY_WEIGHT * (sample - self.latency_ms)
         return stream
@@ -159,8 +160,20 @@ class Backend:
         except orjson.JSONDecodeError:
             raise BackendError(f"vLLM backend {self.name} sent a body that is not JSON on {path}", 502) from None
 
-    def _ended(self) -> None:
+    def _ended(self, end: tuple[ProxyError | None] | None) -> None:
+        """The stream was closed. A body read to its end is a success; one the backend broke
+        off after the head (the connection dropped, broken framing, silence past
+        ``timeouts.idle``) counts as a failure like a 5xx, so a backend whose streams keep
+        breaking is taken out. Success is counted here, not at the head, so those failures
+        add up; a stream the proxy closed first (the client left) counts as neither."""
         self.load.inflight -= 1
+        if end is None:
+            return
+        error = end[0]
+        if error is None:
+            self.health.succeeded()
+        elif self.health.failed(self.clock(), error.message, hard=False):
+            log.warning("backend out", backend=self.name, error=error.message, cooldown_s=self.health.cooldown_s)
 
     def _observe(self, exc: ProxyError) -> None:
         """Passive health: connection failures, 5xx answers and timeouts."""

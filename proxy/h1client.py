@@ -60,7 +60,7 @@ class UpstreamStream(asyncio.Protocol):
         self.timeouts = timeouts or Timeouts()
         self.pool, self.key = pool, key
         self.received = False  # any byte of the response arrived
-        self.on_close: Callable[[], None] | None = None  # called once, by close()
+        self.on_close: Callable[[tuple[ProxyError | None] | None], None] | None = None  # once, by close(): ``_end``
         self._reuse = False  # the connection may serve another request once this one is complete
         self._lost = False
         self._loop = asyncio.get_running_loop()
@@ -73,7 +73,7 @@ class UpstreamStream(asyncio.Protocol):
         self._error_body: bytearray | None = None  # status >= 400: the body, for the error message
         self._sink: Sink | None = None
         self._held: list[bytes] = []
-        self._end: tuple[ProxyError | None] | None = None  # how the body ended (error or None)
+        self._end: tuple[ProxyError | None] | None = None  # how the body ended: (None,) complete, (error,); None: not yet
         self._last = 0.0  # loop time of the last body read (0: none yet)
         self._quiet_until = 0.0  # before the first body byte: the deadline for it
         self._quiet_for = 0.0  # ... and how long after the head that is
@@ -155,7 +155,7 @@ class UpstreamStream(asyncio.Protocol):
         self._stop_timer()
         if self.on_close is not None:
             done, self.on_close = self.on_close, None
-            done()
+            done(self._end)
         if self.transport is not None:
             if self.complete:
                 self.transport.close()

@@ -3,10 +3,12 @@
 Health is learnt passively from the requests themselves and actively by probing:
 
 - a connection that cannot be opened (refused, reset, DNS, TLS, or not accepted within
-  ``timeouts.connect``) takes the backend out at once; ``SOFT_FAILURES`` consecutive 5xx answers or timeouts do too;
+  ``timeouts.connect``) takes the backend out at once; ``SOFT_FAILURES`` consecutive 5xx
+  answers, timeouts or responses broken off after their head do too;
 - out, it gets no requests while a healthy replica exists, for ``cooldown_s``; then
   ``GET /health`` is probed every ``probe_s`` until one succeeds, which brings it back;
-- any successful request resets the count of consecutive failures.
+- any request answered in full (or refused with a 4xx) resets the count of consecutive
+  failures.
 
 Load is the proxy's own count of requests in flight plus what vLLM's ``/metrics`` last
 said (``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and

@@ -5,6 +5,8 @@ it counts against the backend's health but is never resent; the follow-up ``/tok
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -14,9 +16,27 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.backend import AsyncBody, Backend
+from proxy.config import BackendConfig, Timeouts
+from proxy.errors import ProxyError
+from proxy.h1pool import Pool
+from tests.fakes.raw import END, SSE_HEAD, RawBackend, Step, chunk, sse
 from tests.fakes.vllm import FakeVLLM
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+ENV = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "tiny"}
+ROLE = {**ENV, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+HELLO = {**ENV, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
+STOP = {**ENV, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+BROKEN_AFTER_FIRST_BYTE: list[Step] = [SSE_HEAD, chunk(sse(ROLE, HELLO)), 0.02]  # then the connection drops
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawBackend]:
+    server = RawBackend()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture
@@ -91,3 +111,48 @@ async def test_a_connect_timeout_fails_over_and_takes_the_backend_out(start_prox
             sock.close()
     assert paths(good, "/v1/chat/completions") == 2
     assert first >= 0.2 and second < 0.2  # one connect timeout, then the backend was out
+
+
+async def test_streams_broken_after_the_first_byte_take_the_backend_out_like_5xx_without_a_resend(
+    start_proxy: Any, fakes: list[FakeVLLM], raw: RawBackend
+) -> None:
+    good = fakes[0]
+    raw.script["/v1/chat/completions"] = BROKEN_AFTER_FIRST_BYTE
+    data = config([raw.url, good.url], strategy="first", cooldown=60)
+    data["models"] = [{"name": "tiny", "backend": ["r0", "r1"], "served": "tiny", "capabilities": ["completion"]}]
+    base = await start_proxy(**data)
+    async with aiohttp.ClientSession() as session:
+        for n in range(1, 4):  # three in a row, as for 5xx answers
+            status, body = await post(session, f"{base}/api/chat", {**CHAT, "stream": True})
+            lines = [orjson.loads(line) for line in body.splitlines()]
+            assert status == 200 and lines[0]["message"]["content"] == "Hello" and "broke off" in lines[-1]["error"]
+            assert (len(raw.bodies("/v1/chat/completions")), paths(good, "/v1/chat/completions")) == (n, 0)  # no resend
+        status, body = await post(session, f"{base}/api/chat", CHAT)
+    assert status == 200 and orjson.loads(body)["message"]["content"] == "Hello, world!"
+    assert (len(raw.bodies("/v1/chat/completions")), paths(good, "/v1/chat/completions")) == (3, 1)  # r0 is out
+
+
+@pytest.mark.parametrize(
+    ("script", "read", "failures"),
+    [
+        pytest.param(BROKEN_AFTER_FIRST_BYTE, True, 2, id="broken off after the head: a failure"),
+        pytest.param([SSE_HEAD, chunk(sse(ROLE, HELLO, STOP, b"[DONE]")), END], True, 0, id="read to its end: a success"),
+        pytest.param([SSE_HEAD, chunk(sse(ROLE)), 0.5, END], False, 1, id="closed by the proxy first: neither"),
+    ],
+)
+async def test_how_a_stream_ends_counts_for_health(raw: RawBackend, script: list[Step], read: bool, failures: int) -> None:
+    raw.script["/v1/chat/completions"] = script
+    pool = Pool()
+    backend = Backend(BackendConfig(url=raw.url, name="raw"), Timeouts(), pool)
+    backend.health.failures = 1  # one earlier failure: a success resets the count, a failure adds one
+    try:
+        stream = await backend.open_stream("/v1/chat/completions", {"model": "tiny", "stream": True})
+        if read:
+            with contextlib.suppress(ProxyError):
+                await AsyncBody(stream).read()
+        stream.close()
+        await asyncio.sleep(0.05)  # the connection's loss arrives after close(): it must not count
+    finally:
+        pool.close()
+    assert backend.health.failures == failures
+    assert backend.load.inflight == 0 and backend.health.up
