@@ -2,7 +2,9 @@
 backend fails before answering (a connection that cannot be opened in time or breaks
 before the response head, or a 5xx) is sent once more to another healthy replica of the model. Once
 a response head arrived nothing is resent, so a client never gets a silent second
-generation; what breaks after that reaches the client as the error line."""
+generation; what breaks after that reaches the client as the error line. A sleep-mode
+replica may take the failover: it is woken first, and its keep-alive timer restarts when
+the request ends (``handlers.loaded``)."""
 
 from __future__ import annotations
 
@@ -38,18 +40,20 @@ async def _with_failover(request: web.Request, route: Route, send: Callable[[Bac
         other = _replica(request, route, exc)
         if other is None:
             raise
+    keepalive = request.app[KEEPALIVE]
+    if keepalive.manages(other):
+        request[CONTEXT].woken.append(other)  # before begin(), which counts it in flight first
+        await keepalive.begin(other)
     return _failed_over(request, route, other), await send(other)
 
 
 def _replica(request: web.Request, route: Route, exc: ProxyError) -> Backend | None:
     """Another healthy replica, when ``exc`` says the backend failed rather than refused
-    the request. Sleep-mode replicas are left out: their keep-alive is per request."""
+    the request."""
     failed = isinstance(exc, BackendUnavailable | ConnectTimeout) or (isinstance(exc, BackendError) and exc.status >= 500)
     if route.managed or not failed:
         return None
-    keepalive = request.app[KEEPALIVE]
-    candidates = [b for b in route.replicas if not keepalive.manages(b)]
-    return request.app[ROUTER].pick(candidates, exclude={route.backend})
+    return request.app[ROUTER].pick(route.replicas, exclude={route.backend})
 
 
 def _failed_over(request: web.Request, route: Route, other: Backend) -> Route:

@@ -112,8 +112,11 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any, session: s
     route = route._replace(backend=chosen)
     request[CONTEXT].log["backend"] = chosen.name
     keepalive = request.app[KEEPALIVE]
+    woken = request[CONTEXT].woken
     try:
         await keepalive.begin(route.backend)
         yield route
     finally:
-        keepalive.end(route.backend, seconds)
+        for backend in [route.backend, *woken]:  # and the sleep-mode replicas a failover woke
+            keepalive.end(backend, seconds)
+        woken.clear()

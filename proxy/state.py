@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backend import Backends
+from proxy.backend import Backend, Backends
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.discovery import Discovery
@@ -40,6 +40,7 @@ class RequestContext:
     log: dict[str, Any] = field(default_factory=dict)  # fields of the canonical log line
     response: web.StreamResponse | None = None  # a streamed response once its head is out
     caller: Caller | None = None  # who is asking, once the middleware resolved it; read by caller_of
+    woken: list[Backend] = field(default_factory=list)  # sleep-mode replicas a failover began; loaded() ends them
 
 
 CONTEXT = web.RequestKey("context", RequestContext)

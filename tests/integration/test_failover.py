@@ -21,6 +21,7 @@ from proxy.config import BackendConfig, Timeouts
 from proxy.errors import ProxyError
 from proxy.h1pool import Pool
 from tests.fakes.raw import END, SSE_HEAD, RawBackend, Step, chunk, sse
+from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -156,3 +157,23 @@ async def test_how_a_stream_ends_counts_for_health(raw: RawBackend, script: list
         pool.close()
     assert backend.health.failures == failures
     assert backend.load.inflight == 0 and backend.health.up
+
+
+async def test_a_sleeping_replica_takes_the_failover_woken_first_then_sleeps_again(
+    start_proxy: Any, fakes: list[FakeVLLM]
+) -> None:
+    timers = FakeTimers()
+    awake, sleeper = fakes
+    data = config([awake.url, sleeper.url], strategy="first", affinity=False)
+    data["backends"][1]["sleep_mode"] = True
+    base = await start_proxy(timers.timers(), **data)
+    sleeper.sleeping = True  # its model offloaded (POST /sleep) since start-up
+    awake.fail_next = (503, "engine overloaded")
+    async with aiohttp.ClientSession() as session:
+        status, raw = await post(session, f"{base}/api/chat", {**CHAT, "keep_alive": "10s"})
+    assert status == 200 and orjson.loads(raw)["message"]["content"] == "Hello, world!", raw
+    assert sleeper.sleep_calls == ["wake_up"] and paths(sleeper, "/v1/chat/completions") == 1
+    for _ in range(3):
+        await timers.advance(4.0)  # its keep_alive (10 s) runs from the end of the request
+        await asyncio.sleep(0.02)
+    assert sleeper.sleep_calls == ["wake_up", "sleep?level=1"] and sleeper.sleeping
