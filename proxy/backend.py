@@ -103,6 +103,9 @@ class Backend:
             self.health.error = exc.message
             return False
         if self.health.succeeded():
+            # Its latency figure predates the outage: unknown again, so LeastLoaded's tie-break
+            # does not keep a recovered replica idle behind the one that stayed up.
+            self.latency_ms = None
             log.info("backend back", backend=self.name)
         return True
 

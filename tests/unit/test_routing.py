@@ -43,6 +43,20 @@ def test_least_loaded_breaks_ties_between_two_random_candidates() -> None:
     assert LeastLoaded(random.Random(1)).choose([candidates[0], fast], None).name == "e"  # the quicker of the two
 
 
+async def test_a_replica_probed_back_in_takes_ties_again() -> None:
+    steady, recovered = backend("a"), backend("b")
+    steady.latency_ms, recovered.latency_ms = 5.0, 1.0
+    recovered.health.failed(0.0, "refused", hard=True)
+
+    async def answers(path: str) -> bytes:
+        return b""
+
+    recovered.get = answers  # type: ignore[method-assign]
+    assert await recovered.probe()
+    picks = {LeastLoaded(random.Random(seed)).choose([steady, recovered], None).name for seed in range(20)}
+    assert picks == {"a", "b"}  # its stale figure forgotten, ties split again
+
+
 def test_affinity_keeps_a_key_on_its_replica_until_it_is_saturated() -> None:
     a, b = backend("a"), backend("b")
     sticky = Affinity(First())
