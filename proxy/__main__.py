@@ -11,6 +11,7 @@ import os
 import sys
 
 from proxy import __version__
+from proxy.auth_config import open_warning
 from proxy.config import Config, ConfigError, load
 
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ollama-vllm-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
+    if warning := open_warning(config.listen, config.auth):
+        print(f"ollama-vllm-proxy: {warning}", file=sys.stderr)
     from proxy import workers  # noqa: PLC0415 - keep `--help` and config errors fast
 
     return workers.run(config)

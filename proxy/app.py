@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import library_routes, openai_routes, routes, routing
+from proxy import auth, library_routes, openai_routes, routes, routing
 from proxy.backend import Backends
 from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
@@ -30,7 +30,7 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     keep-alive (tests pass fake ones)."""
     cors = Cors(config.origins)
     app = web.Application(
-        middlewares=[canonical, cors.middleware, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES
+        middlewares=[canonical, auth.identify, cors.middleware, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES
     )
     app.on_response_prepare.append(cors.on_prepare)
     app[CONFIG] = config

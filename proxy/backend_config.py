@@ -40,6 +40,7 @@ class BackendConfig:
     sleep_level: int = 1  # 1: weights to CPU RAM (fast wake); 2: weights discarded
     tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools (proxy/toolconf.py)
     ca_file: str = ""  # https:// backends: CA certificate(s) to verify it by; "" = the system's store
+    scheduling_policy: str = "fcfs"  # as its vLLM's --scheduling-policy; "priority": send keys' priority
 
     @property
     def public_url(self) -> str:
@@ -64,7 +65,20 @@ def backend(data: Any, where: str) -> BackendConfig:
     if isinstance(data, str):
         data = {"url": data}
     _require_mapping(
-        data, where, {"url", "name", "api_key", "api_key_env", "discover", "sleep_mode", "sleep_level", "ca_file", *toolconf.KEYS}
+        data,
+        where,
+        {
+            "url",
+            "name",
+            "api_key",
+            "api_key_env",
+            "discover",
+            "sleep_mode",
+            "sleep_level",
+            "ca_file",
+            "scheduling_policy",
+            *toolconf.KEYS,
+        },
     )
     if "url" not in data:
         raise ConfigError(f"{where}.url: missing")
@@ -93,4 +107,5 @@ def backend(data: Any, where: str) -> BackendConfig:
         sleep_level=_choice(data.get("sleep_level", 1), f"{where}.sleep_level", (1, 2)),
         tools=toolconf.parse(data, where),
         ca_file=_optional_str(data, "ca_file", where),
+        scheduling_policy=_choice(data.get("scheduling_policy", "fcfs"), f"{where}.scheduling_policy", ("fcfs", "priority")),
     )

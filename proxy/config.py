@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from proxy import backend_config, catalog, names, routing_config, toolconf
+from proxy import auth_config, backend_config, catalog, names, routing_config, toolconf
 from proxy.backend_config import BackendConfig as BackendConfig
 from proxy.backend_config import Timeouts as Timeouts
 from proxy.confcheck import ConfigError as ConfigError
@@ -77,6 +77,7 @@ class Config:
     backends: tuple[BackendConfig, ...] = ()
     models: tuple[ModelEntry, ...] = ()
     library: catalog.LibrarySettings = catalog.LibrarySettings()  # catalog:, delete_weights
+    auth: auth_config.AuthSettings = auth_config.AuthSettings()  # api_keys, trust_user_headers, user_jwt_secret
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
     managed_socket: str = ""  # set by the supervisor with --workers N: the owner of the managed models
@@ -131,8 +132,8 @@ class Config:
                        models=(*self.models, *added), **changes)  # fmt: skip
 
     def secrets(self) -> tuple[str, ...]:
-        """Every backend's secrets, for the log scrubber."""
-        return tuple(s for b in self.backends for s in b.secrets)
+        """Every backend's secrets, the API keys and the JWT secret, for the log scrubber."""
+        return tuple(s for b in self.backends for s in b.secrets) + self.auth.secrets
 
 
 def _from_env(env: dict[str, str], explicit: frozenset[str]) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
         "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
         "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights",
-        "routing"}  # fmt: skip
+        "routing", *auth_config.KEYS}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -277,6 +278,7 @@ def _config(data: Any, source: str) -> Config:
             raise ConfigError(f"models[{i}].backend: no backend named {missing[0]!r}")
     kw["models"] = tuple(models)
     kw["library"] = catalog.settings(data)
+    kw["auth"] = auth_config.parse(data, source)
     return Config(**kw)
 
 

@@ -4,7 +4,13 @@ before the response head, or a 5xx) is sent once more to another healthy replica
 a response head arrived nothing is resent, so a client never gets a silent second
 generation; what breaks after that reaches the client as the error line. A sleep-mode
 replica may take the failover: it is woken first, and its keep-alive timer restarts when
-the request ends (``handlers.loaded``)."""
+the request ends (``handlers.loaded``).
+
+It is also where a caller's ``priority`` joins the body: vLLM's request field (lower runs
+earlier), sent only to a backend whose config says ``scheduling_policy: priority``.
+vLLM's protocol (vllm/entrypoints/openai/chat_completion/protocol.py) says a non-zero
+priority is an error without ``--scheduling-policy priority``; such a backend gets the
+body unchanged."""
 
 from __future__ import annotations
 
@@ -16,20 +22,38 @@ from aiohttp import web
 from proxy.backend import Backend, UpstreamStream
 from proxy.errors import BackendError, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.registry import Route
-from proxy.state import CONTEXT, KEEPALIVE, ROUTER
+from proxy.state import CONTEXT, KEEPALIVE, ROUTER, caller_of
 
 T = TypeVar("T")
 
 
 async def open_stream(request: web.Request, route: Route, path: str, body: Mapping[str, Any]) -> tuple[Route, UpstreamStream]:
     """The opened stream and the route whose ``backend`` answered."""
-    request_id = request[CONTEXT].request_id
-    return await _with_failover(request, route, lambda backend: backend.open_stream(path, body, request_id))
+    request_id, priority = request[CONTEXT].request_id, caller_of(request).priority
+    return await _with_failover(
+        request, route, lambda backend: backend.open_stream(path, _prioritised(body, path, backend, priority), request_id)
+    )
 
 
 async def post_json(request: web.Request, route: Route, path: str, body: Mapping[str, Any]) -> tuple[Route, Any]:
-    request_id = request[CONTEXT].request_id
-    return await _with_failover(request, route, lambda backend: backend.post_json(path, body, request_id))
+    request_id, priority = request[CONTEXT].request_id, caller_of(request).priority
+    return await _with_failover(
+        request, route, lambda backend: backend.post_json(path, _prioritised(body, path, backend, priority), request_id)
+    )
+
+
+_PRIORITISED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")  # vLLM's requests with ``priority``
+
+
+def _prioritised(body: Mapping[str, Any], path: str, backend: Backend, priority: int | None) -> Mapping[str, Any]:
+    """``body`` with the caller's priority for a priority-scheduling backend. There the proxy
+    owns the field: a client's own ``priority`` (the /v1 passthrough) is replaced, or dropped
+    for a caller without one, so no client can move itself ahead."""
+    if backend.config.scheduling_policy != "priority" or path not in _PRIORITISED:
+        return body
+    if priority is None:
+        return {k: v for k, v in body.items() if k != "priority"} if "priority" in body else body
+    return {**body, "priority": priority}
 
 
 async def _with_failover(request: web.Request, route: Route, send: Callable[[Backend], Awaitable[T]]) -> tuple[Route, T]:

@@ -4,6 +4,7 @@
 
     ProxyError                 500  anything unexpected
     ├── BadRequest             400  malformed JSON, wrong field types, invalid values
+    ├── Unauthorized           401  API keys are configured and the request has none that fits
     ├── PayloadTooLarge        413  a body over the size limit, on the wire or inflated
     ├── ModelNotFound          404  no backend serves the name (text differs per endpoint)
     ├── NotSupported           501  Ollama features vLLM has no equivalent for
@@ -40,6 +41,12 @@ class ProxyError(Exception):
 
 class BadRequest(ProxyError):
     status = 400
+
+
+class Unauthorized(ProxyError):
+    """Ollama itself has no keys; this is the proxy's own check (proxy/auth.py)."""
+
+    status = 401
 
 
 class PayloadTooLarge(ProxyError):
@@ -140,8 +147,17 @@ def to_ollama_error(exc: BaseException) -> tuple[int, dict[str, str]]:
     return 500, {"error": f"internal error: {type(exc).__name__}"}
 
 
-_OPENAI_TYPES = {400: "invalid_request_error", 413: "invalid_request_error", 404: "not_found_error", 501: "not_implemented_error",
-                 503: "service_unavailable_error"}  # fmt: skip
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 413: "invalid_request_error", 404: "not_found_error",
+                 501: "not_implemented_error", 503: "service_unavailable_error"}  # fmt: skip
+
+
+def wire_headers(exc: BaseException) -> dict[str, str] | None:
+    """The headers an error's response carries besides its body."""
+    if isinstance(exc, ServerBusy):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="ollama-vllm-proxy"'}  # RFC 6750 section 3
+    return None
 
 
 def to_openai_error(exc: BaseException) -> tuple[int, dict[str, Any]]:

@@ -57,7 +57,7 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
             except ConnectionError:
                 status = 499
             return context.response
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.ServerBusy) else None
+        headers = errors.wire_headers(exc)
         response = json_response(body, status, headers)
         if not request.content.is_eof():
             response.force_close()  # a body left unread (too large, undecodable): say so, then close
