@@ -1,8 +1,8 @@
 """structlog set-up: console lines on a terminal, JSON lines otherwise (for journald).
 
 Every line, ours and aiohttp's, passes a scrubber that masks the backends' passwords and
-api keys (proxy/redact.py); tracebacks never include local variables, whose reprs could
-hold a request body or a secret."""
+api keys, the proxy's API keys and any bearer token (proxy/redact.py); tracebacks never
+include local variables, whose reprs could hold a request body or a secret."""
 
 from __future__ import annotations
 
@@ -49,8 +49,6 @@ class _Scrubber:
         self._secrets = secrets
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if not self._secrets:
-            return event
         return {k: scrub_value(v, self._secrets) for k, v in event.items()}
 
 

@@ -10,6 +10,7 @@ people's strings (exception messages, tracebacks), masking any known secret in t
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -18,6 +19,9 @@ MASK = "***"
 # Shorter secrets are not masked inside free text (a 2-letter password would mangle every
 # word containing it); URLs are redacted structurally whatever the password's length.
 MIN_SCRUB_LENGTH = 4
+# A bearer token in any text (a header echoed into an exception, say), whether or not it is a
+# configured key: a client's mistyped key is someone's secret too.
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
 
 
 def display_url(url: str) -> str:
@@ -63,7 +67,9 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of a (long enough) secret replaced by ``***``."""
+    """``text`` with every occurrence of a (long enough) secret, and any bearer token,
+    replaced by ``***``."""
+    text = _BEARER.sub(rf"\1{MASK}", text)
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= MIN_SCRUB_LENGTH and secret in text:
             text = text.replace(secret, MASK)

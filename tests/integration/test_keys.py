@@ -155,3 +155,14 @@ def test_the_config_never_shows_a_key(tmp_path: Path) -> None:
     assert "alice" in shown and "bob" in shown
     assert ALICE not in shown and digest not in shown and "jwt-secret-x" not in shown
     assert ALICE in config.secrets() and "jwt-secret-x" in config.secrets()  # the log scrubber masks them
+
+
+def test_any_bearer_token_is_masked_in_log_text() -> None:
+    """The second line of defence (proxy/redact.py), as the log set-up (proxy/logs.py) runs
+    it on every line: a configured key, and any bearer token at all, are masked."""
+    from proxy.logs import _Scrubber
+
+    scrubber = _Scrubber(from_mapping({"api_keys": [{"name": "alice", "key": ALICE}]}).secrets())
+    event = scrubber(None, "warning", {"event": "echoed", "text": f"Authorization: Bearer {BOB}; key {ALICE}"})
+    assert event == {"event": "echoed", "text": "Authorization: Bearer ***; key ***"}
+    assert _Scrubber(())(None, "info", {"h": [f"bearer {BOB}"]}) == {"h": ["bearer ***"]}  # with no secrets configured too
