@@ -9,8 +9,8 @@ the request ends (``handlers.loaded``).
 It is also where a caller's ``priority`` joins the body: vLLM's request field (lower runs
 earlier), sent only to a backend whose config says ``scheduling_policy: priority``.
 vLLM's protocol (vllm/entrypoints/openai/chat_completion/protocol.py) says a non-zero
-priority is an error without ``--scheduling-policy priority``; such a backend gets the
-body unchanged."""
+priority is an error without ``--scheduling-policy priority`` (the V0 engine raised it;
+vLLM 0.32's FCFS queue accepts and ignores it), so any other backend gets the body as is."""
 
 from __future__ import annotations
 
