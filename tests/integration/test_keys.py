@@ -160,6 +160,7 @@ def test_the_config_never_shows_a_key(tmp_path: Path) -> None:
     shown = repr(config) + str(config)
     assert "alice" in shown and "bob" in shown
     assert ALICE not in shown and digest not in shown and "jwt-secret-x" not in shown
+    assert repr(config.auth.keys[0]) == "ApiKey(name='alice', weight=1.0, priority=None)"
     assert ALICE in config.secrets() and "jwt-secret-x" in config.secrets()  # the log scrubber masks them
 
 
