@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import auth, library_routes, openai_routes, routes, routing
+from proxy import auth, library_routes, metrics_http, openai_routes, routes, routing
 from proxy.backend import Backends
 from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
@@ -45,6 +45,7 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     app.add_routes(routes.routes)
     app.add_routes(openai_routes.routes)
     app.add_routes(library_routes.routes)
+    metrics_http.on_main_port(app, config)
     return app
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import structlog
 
-from proxy import h1client
+from proxy import h1client, metrics
 from proxy.config import BackendConfig, Config, Timeouts
 from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.h1client import AsyncBody as AsyncBody  # re-exported: the body of a stream a Backend opened
@@ -65,6 +65,7 @@ class Backend:
         stream.on_close = self._ended
         if not self.health.up:
             self.health.succeeded()  # it answered: back in (a probe would say the same)
+            metrics.backend_up(self.name, True)
         sample = (self.clock() - began) * 1000
         self.latency_ms = sample if self.latency_ms is None else self.latency_ms + _LATENCY_WEIGHT * (sample - self.latency_ms)
         return stream
@@ -107,6 +108,7 @@ class Backend:
             # does not keep a recovered replica idle behind the one that stayed up.
             self.latency_ms = None
             log.info("backend back", backend=self.name)
+            metrics.backend_up(self.name, True)
         return True
 
     async def scrape(self) -> None:
@@ -182,10 +184,12 @@ class Backend:
         """Passive health: connection failures, 5xx answers and timeouts."""
         hard = isinstance(exc, ConnectTimeout) or (isinstance(exc, BackendUnavailable) and not isinstance(exc, BackendError))
         if not (hard or isinstance(exc, BackendTimeout) or (isinstance(exc, BackendError) and exc.status >= 500)):
-            self.health.succeeded()  # a 4xx is an answer: the server is up
+            if self.health.succeeded():  # a 4xx is an answer: the server is up
+                metrics.backend_up(self.name, True)
             return
         if self.health.failed(self.clock(), exc.message, hard):
             log.warning("backend out", backend=self.name, error=exc.message, cooldown_s=self.health.cooldown_s)
+            metrics.backend_up(self.name, False)
 
 
 class Backends:
@@ -199,6 +203,8 @@ class Backends:
         self.pool = pool or Pool(clock=clock)
         self._by_name = {b.name: self.make(b) for b in config.backends}
         self._leased: dict[str, Backend] = {}
+        for backend in self._by_name.values():
+            metrics.backend_up(backend.name, backend.health.up)
 
     def __getitem__(self, name: str) -> Backend:
         return self._by_name[name]
@@ -216,6 +222,7 @@ class Backends:
         backend = self._leased.get(url)
         if backend is None or backend.config.name != template.name:
             backend = self._leased[url] = self.make(replace(template, url=url))
+            metrics.backend_up(backend.name, backend.health.up)
         return backend
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from proxy import auth_config, backend_config, catalog, names, routing_config, toolconf
+from proxy import auth_config, backend_config, catalog, metrics_config, names, routing_config, toolconf
 from proxy.backend_config import BackendConfig as BackendConfig
 from proxy.backend_config import Timeouts as Timeouts
 from proxy.confcheck import ConfigError as ConfigError
@@ -78,6 +78,7 @@ class Config:
     models: tuple[ModelEntry, ...] = ()
     library: catalog.LibrarySettings = catalog.LibrarySettings()  # catalog:, delete_weights
     auth: auth_config.AuthSettings = auth_config.AuthSettings()  # api_keys, trust_user_headers, user_jwt_secret
+    metrics: metrics_config.MetricsSettings = metrics_config.MetricsSettings()  # metrics_listen
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
     managed_socket: str = ""  # set by the supervisor with --workers N: the owner of the managed models
@@ -221,7 +222,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
         "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
         "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights",
-        "routing", *auth_config.KEYS}  # fmt: skip
+        "routing", *auth_config.KEYS, *metrics_config.KEYS}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -279,6 +280,7 @@ def _config(data: Any, source: str) -> Config:
     kw["models"] = tuple(models)
     kw["library"] = catalog.settings(data)
     kw["auth"] = auth_config.parse(data, source)
+    kw["metrics"] = metrics_config.parse(data)
     return Config(**kw)
 
 

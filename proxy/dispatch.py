@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from proxy import metrics
 from proxy.backend import Backend, UpstreamStream
 from proxy.errors import BackendError, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.registry import Route
@@ -81,6 +82,10 @@ def _replica(request: web.Request, route: Route, exc: ProxyError) -> Backend | N
 
 
 def _failed_over(request: web.Request, route: Route, other: Backend) -> Route:
-    log = request[CONTEXT].log
-    log["failed_over_from"], log["backend"] = route.backend.name, other.name
+    context = request[CONTEXT]
+    context.log["failed_over_from"] = route.backend.name
+    context.serve_on(other.name)
+    metrics.failover(route.backend.name, other.name)
+    if context.inflight is not None:
+        context.inflight.move(other.name)
     return route._replace(backend=other)

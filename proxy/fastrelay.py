@@ -178,7 +178,7 @@ async def relay(
             sink.out.append(sink.encoder.salvage())
             raise
         finally:
-            record_outcome(context.log, translator)
+            record_outcome(context, translator)
         response = context.response
         if response is None:
             await _prepare(request)

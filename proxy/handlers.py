@@ -11,6 +11,7 @@ from aiohttp import web
 
 from proxy import errors
 from proxy.body import parse_json, read_body
+from proxy.metrics import Inflight
 from proxy.registry import Registry, Route
 from proxy.state import BACKENDS, CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, ROUTER
 from proxy.translate.common import keep_alive_seconds
@@ -58,7 +59,9 @@ async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
         raise errors.ModelNotFound(f"model '{name}' not found, try pulling it first")
     if route is None:
         raise unknown(registry, endpoint, name)
-    request[CONTEXT].log["backend"] = route.backend.name
+    context = request[CONTEXT]
+    context.model = route.facts.name
+    context.serve_on(route.backend.name)
     return route
 
 
@@ -89,14 +92,16 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any, session: s
     ``backend`` the replica the router chose (``session`` keeps a conversation on one): a
     managed model is started if needed and counted busy until the request (its stream
     included) ends; a sleeping backend is woken first and its keep-alive timer restarted
-    at the end (proxy/keepalive.py)."""
+    at the end (proxy/keepalive.py). The request counts in flight on its model and backend
+    meanwhile (``ollama_proxy_inflight_requests``)."""
     seconds = keep_alive_seconds(keep_alive)
+    context = request[CONTEXT]
     if route.managed:
         host = request.app[MANAGED]
         began = time.monotonic_ns()
         lease = await host.acquire(route.facts.name, seconds)
         if lease.started:
-            request[CONTEXT].log["model_start_ms"] = round((time.monotonic_ns() - began) / 1e6, 1)
+            context.log["model_start_ms"] = round((time.monotonic_ns() - began) / 1e6, 1)
         try:
             backend = request.app[BACKENDS].at(route.backend.config, lease.url.rstrip("/"))
             live = route._replace(backend=backend, replicas=(backend,))
@@ -104,18 +109,20 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any, session: s
             if not registry.knows_context(route.facts.name):
                 with contextlib.suppress(errors.ProxyError):  # only the context length is missing then
                     registry.update_managed(route.facts.name, await backend.list_models())
-            yield live
+            with Inflight(route.facts.name, backend.name) as context.inflight:
+                yield live
         finally:
             host.release(lease, seconds)
         return
     chosen = request.app[ROUTER].pick(route.replicas, session) or route.backend
     route = route._replace(backend=chosen)
-    request[CONTEXT].log["backend"] = chosen.name
+    context.serve_on(chosen.name)
     keepalive = request.app[KEEPALIVE]
     woken = request[CONTEXT].woken
     try:
         await keepalive.begin(route.backend)
-        yield route
+        with Inflight(route.facts.name, chosen.name) as context.inflight:
+            yield route
     finally:
         for backend in [route.backend, *woken]:  # and the sleep-mode replicas a failover woke
             keepalive.end(backend, seconds)

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy import errors
+from proxy import errors, metrics
 from proxy.state import CONTEXT, RequestContext
 from proxy.streaming import json_response
 
@@ -63,14 +63,20 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
             response.force_close()  # a body left unread (too large, undecodable): say so, then close
         return response
     finally:
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            total_ms=round((time.monotonic_ns() - started) / 1e6, 1),
-            **record,
-        )
+        elapsed_ns = time.monotonic_ns() - started
+        log.info("request", method=request.method, path=request.path, status=status,
+                 total_ms=round(elapsed_ns / 1e6, 1), **record)  # fmt: skip
+        metrics.observe(_outcome(request, context, status, elapsed_ns))
+
+
+def _outcome(request: web.Request, context: RequestContext, status: int, elapsed_ns: int) -> metrics.Outcome:
+    """The request's figures with bounded labels: the matched route's pattern, and the
+    registry's model name (a name it does not know is "other")."""
+    resource = request.match_info.route.resource
+    model = context.model or (metrics.OTHER if "model" in context.log else "")
+    first = (context.first_ns - context.arrival_ns) / 1e9 if context.first_ns else None
+    return metrics.Outcome(resource.canonical if resource is not None else metrics.OTHER, model, context.backend, status,
+                           elapsed_ns / 1e9, first, context.prompt_tokens, context.output_tokens)  # fmt: skip
 
 
 def _error_tail(response: web.StreamResponse, body: dict[str, Any]) -> bytes:

@@ -16,7 +16,7 @@ from proxy.handlers import loaded, read_json, resolve, unknown
 from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
 from proxy.state import CONTEXT, REGISTRY
-from proxy.streaming import json_response
+from proxy.streaming import json_response, record_usage
 from proxy.translate import models as models_t
 from proxy.translate.common import with_system
 
@@ -74,6 +74,8 @@ async def _forward(request: web.Request, route: Route, name: str, body: dict[str
             raise errors.bad_stream(f"vLLM backend {route.backend.name} sent a body that is not JSON") from None
         if isinstance(data, dict) and "model" in data:
             data["model"] = name
+        if isinstance(data, dict):
+            record_usage(request[CONTEXT], data.get("usage"))
         return json_response(data)
     return await _relay_sse(request, upstream, rename)
 
@@ -107,8 +109,9 @@ async def _relay_sse(request: web.Request, upstream: UpstreamStream, rename: _Re
         context.response = response
         async for data in body.chunks():
             events = decoder.feed(data)
-            if "ttft_ms" not in context.log and events:
-                context.log["ttft_ms"] = round((time.monotonic_ns() - context.arrival_ns) / 1e6, 1)
+            if not context.first_ns and events:
+                context.first_ns = time.monotonic_ns()
+                context.log["ttft_ms"] = round((context.first_ns - context.arrival_ns) / 1e6, 1)
             if events:
                 await response.write(b"".join(b"data: " + (e if e == DONE else rename(e)) + b"\n\n" for e in events))
     finally:

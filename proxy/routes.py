@@ -17,7 +17,7 @@ from proxy.handlers import field, loaded, model_name, read_json, resolve, stream
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
 from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, TOOLS_DROPPED
-from proxy.streaming import collect_ollama, json_response, single_object
+from proxy.streaming import collect_ollama, json_response, record_usage, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import fields
 from proxy.translate import models as models_t
@@ -256,11 +256,13 @@ async def _tokenized_context(
 async def _call_embeddings(request: web.Request, route: Route, body: dict[str, Any], strict: bool) -> Any:
     request[CONTEXT].sent_ns = time.monotonic_ns()
     try:
-        return (await dispatch.post_json(request, route, "/v1/embeddings", body))[1]
+        response = (await dispatch.post_json(request, route, "/v1/embeddings", body))[1]
     except errors.BackendError as exc:
         if strict and exc.status == 400 and "maximum context length" in exc.message:
             raise errors.BadRequest("the input length exceeds the context length") from None
         raise _gone(exc, "embed", request[CONTEXT].log.get("model", "")) from None
+    record_usage(request[CONTEXT], response.get("usage") if isinstance(response, dict) else None)
+    return response
 
 
 def _gone(exc: errors.BackendError, endpoint: str, name: str) -> errors.ProxyError:

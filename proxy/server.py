@@ -9,7 +9,7 @@ import sys
 import structlog
 from aiohttp import web
 
-from proxy import logs
+from proxy import logs, metrics_http
 from proxy.app import create_app
 from proxy.config import Config, split_listen
 
@@ -19,6 +19,8 @@ def serve(config: Config, reuse_port: bool = False) -> int:
     host, port = split_listen(config.listen)
     app = create_app(config)
     app.on_startup.append(_ignore_sighup)
+    if config.metrics.listen:
+        app.cleanup_ctx.append(metrics_http.separate_listener(config, reuse_port))
     try:
         web.run_app(
             app,
@@ -33,7 +35,8 @@ def serve(config: Config, reuse_port: bool = False) -> int:
             reuse_port=reuse_port,
         )
     except OSError as exc:
-        print(f"ollama-vllm-proxy: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+        where = exc.filename or config.listen  # metrics_listen's failure names its address
+        print(f"ollama-vllm-proxy: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,6 +15,7 @@ from proxy.identity import Caller
 from proxy.keepalive import KeepAlive
 from proxy.managed.host import Host
 from proxy.managed.process import Launcher
+from proxy.metrics import Inflight
 from proxy.registry import Registry
 from proxy.routing import Router
 
@@ -41,6 +42,17 @@ class RequestContext:
     response: web.StreamResponse | None = None  # a streamed response once its head is out
     caller: Caller | None = None  # who is asking, once the middleware resolved it; read by caller_of
     woken: list[Backend] = field(default_factory=list)  # sleep-mode replicas a failover began; loaded() ends them
+    # Raw figures for the metrics the middleware records at the end (proxy/metrics.py):
+    model: str = ""  # the registry's name of the model, once resolved
+    backend: str = ""  # the backend that answered (after a failover, the replica)
+    first_ns: int = 0  # monotonic time the first token (or SSE event) arrived
+    prompt_tokens: int | None = None  # as vLLM counted them
+    output_tokens: int | None = None
+    inflight: Inflight | None = None  # counted in flight while it has a backend
+
+    def serve_on(self, backend: str) -> None:
+        """The backend the request goes to (logged, and the metrics' ``backend`` label)."""
+        self.backend = self.log["backend"] = backend
 
 
 CONTEXT = web.RequestKey("context", RequestContext)

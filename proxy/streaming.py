@@ -16,7 +16,7 @@ from proxy.backend import AsyncBody, UpstreamStream
 from proxy.clock import Clock
 from proxy.encoder import Encoder
 from proxy.errors import ProxyError
-from proxy.state import CONTEXT
+from proxy.state import CONTEXT, RequestContext
 from proxy.translate.stream import StreamTranslator
 
 NDJSON = "application/x-ndjson"
@@ -44,7 +44,7 @@ async def collect_ollama(
     generation in vLLM.
     """
     encoder = Encoder(translator, clock.created_at, fold_key)
-    log = request[CONTEXT].log
+    context = request[CONTEXT]
     try:
         async for data in AsyncBody(upstream).chunks():
             encoder.feed(data, time.monotonic_ns())
@@ -53,11 +53,11 @@ async def collect_ollama(
             await before_final()
         body = encoder.finish(time.monotonic_ns())
     except ProxyError as exc:
-        log["error"] = exc.message
+        context.log["error"] = exc.message
         raise
     finally:
         upstream.close()
-        record_outcome(log, translator)
+        record_outcome(context, translator)
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
@@ -68,9 +68,26 @@ def single_object(body: dict[str, Any], stream: bool) -> web.Response:
     return web.Response(body=orjson.dumps(body, option=_LINE), content_type=NDJSON)
 
 
-def record_outcome(log: dict[str, Any], translator: StreamTranslator) -> None:
+def record_outcome(context: RequestContext, translator: StreamTranslator) -> None:
+    """A generation's first-token time and vLLM's token counts, onto the request's context
+    (for the metrics) and its log line."""
+    log = context.log
     if translator.first_ns is not None:
+        context.first_ns = translator.first_ns
         log["ttft_ms"] = round((translator.first_ns - translator.arrival_ns) / 1e6, 1)
     if translator.usage:
+        context.prompt_tokens = _count(translator.usage.get("prompt_tokens"))
+        context.output_tokens = _count(translator.usage.get("completion_tokens"))
         log["prompt_tokens"] = translator.usage.get("prompt_tokens")
         log["completion_tokens"] = translator.usage.get("completion_tokens")
+
+
+def record_usage(context: RequestContext, usage: Any) -> None:
+    """Token counts from an OpenAI ``usage`` object (an embedding, a /v1 JSON reply)."""
+    if isinstance(usage, dict):
+        context.prompt_tokens = _count(usage.get("prompt_tokens"))
+        context.output_tokens = _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None

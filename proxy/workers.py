@@ -19,6 +19,12 @@ discovery. The parent supervises them:
 Workers are plain ``python -c`` child processes, not ``multiprocessing`` ones: they share
 no semaphores or memory, so there is no resource-tracker process to orphan. The
 configuration (with its secrets) travels over the stdin pipe, never on a command line.
+
+Metrics (proxy/metrics.py) are summed across the workers by prometheus-client's
+multiprocess mode: before anything imports prometheus-client (this module imports the
+server only inside functions) the parent makes a private ``PROMETHEUS_MULTIPROC_DIR``,
+which the workers inherit; it marks each exited worker dead there (its live gauges go)
+and removes the directory when it exits.
 """
 
 from __future__ import annotations
@@ -26,20 +32,23 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from proxy.config import Config
 from proxy.managed import library
-from proxy.managed.control import Owner
-from proxy.server import serve
+
+if TYPE_CHECKING:
+    from proxy.managed.control import Owner
 
 STABLE_SECONDS = 10.0  # a worker that ran this long was not crashing at start
 MAX_EARLY_EXITS = 5  # consecutive early exits of one worker before the parent gives up
@@ -53,14 +62,20 @@ EXIT_CANNOT_LISTEN = 78  # EX_CONFIG (sysexits.h): a worker's bind failed; resta
 def run(config: Config) -> int:
     count = config.worker_count()
     if count == 1:
+        from proxy.server import serve  # noqa: PLC0415 - see the module docstring (metrics)
+
         return serve(config, reuse_port=False)
-    owner = _managed_owner(config)
-    if owner is None:
-        return Supervisor(config, count).run()
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ollama-vllm-proxy-metrics-")
     try:
-        return Supervisor(replace(config, managed_socket=owner.path), count).run()
+        owner = _managed_owner(config)
+        if owner is None:
+            return Supervisor(config, count).run()
+        try:
+            return Supervisor(replace(config, managed_socket=owner.path), count).run()
+        finally:
+            owner.stop()  # the workers are gone: stop every vLLM child
     finally:
-        owner.stop()  # the workers are gone: stop every vLLM child
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _managed_owner(config: Config) -> Owner | None:
@@ -70,6 +85,7 @@ def _managed_owner(config: Config) -> Owner | None:
         return None
     from proxy import logs  # noqa: PLC0415
     from proxy.managed import service  # noqa: PLC0415
+    from proxy.managed.control import Owner  # noqa: PLC0415 - imports the metrics: after their directory is set
 
     logs.configure(config.log_level, config.log_format, config.secrets())
     owner = Owner(lambda: service.scheduler(config))
@@ -142,6 +158,7 @@ class Supervisor:
         pid, code = slot.proc.pid, slot.proc.returncode
         _close(slot.proc.stdin)
         slot.proc = None
+        _mark_dead(pid)
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
         if code == EXIT_CANNOT_LISTEN:
             _say(f"{slot.name} (pid {pid}) cannot listen on {self._config.listen}; stopping")
@@ -171,6 +188,16 @@ class Supervisor:
             _close(proc.stdin)
 
 
+def _mark_dead(pid: int) -> None:
+    """Drop an exited worker's live gauges (in flight, queued, backend up) from the sums;
+    its counters and histograms stay counted."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess  # noqa: PLC0415 - after the directory is set
+
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+
+
 def child() -> None:
     """A worker's entry point (run by ``_BOOT``): read the configuration, tie the process's
     life to the parent's, serve."""
@@ -181,6 +208,8 @@ def child() -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         sys.exit(0)
     threading.Thread(target=watch_eof, args=(sys.stdin.fileno(), None if armed else _terminate_self), daemon=True).start()
+    from proxy.server import serve  # noqa: PLC0415 - see the module docstring (metrics)
+
     sys.exit(EXIT_CANNOT_LISTEN if serve(config, reuse_port=True) else 0)  # serve fails only to listen
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from proxy import metrics
 from proxy.errors import ModelLoadFailed, ProxyError, ServerBusy
 from proxy.managed.host import Clock, Lease, Loaded, Plan, SystemClock
 from proxy.managed.process import Child, Launcher, StartFailed
@@ -217,6 +218,7 @@ class Scheduler:
             slot.last_error = _failure_text(name, exc.reason, exc.log_tail or (child.log_tail() if child else ()))
             self._failed(slot)
             log.warning("vLLM failed to start", model=name, reason=exc.reason, log_tail=list(exc.log_tail))
+            metrics.model_load_failed(name)
             future.set_exception(ModelLoadFailed(slot.last_error))
             self._notify()
             return
@@ -232,6 +234,7 @@ class Scheduler:
         slot.started_at = slot.last_used = self._clock.monotonic()
         slot.keep_alive = self._session(slot, None)
         log.info("vLLM ready", model=name, url=child.url, pid=child.pid, load_s=round(slot.started_at - began, 3))
+        metrics.model_loaded(name, slot.started_at - began)
         watcher = asyncio.create_task(self._watch(slot, child))
         slot.tasks.add(watcher)
         watcher.add_done_callback(slot.tasks.discard)
@@ -264,6 +267,7 @@ class Scheduler:
         else:
             slot.failures = 1  # the first crash: the next request restarts it at once
         log.warning("vLLM exited", model=slot.plan.name, code=code, log_tail=list(tail))
+        metrics.model_unloaded(slot.plan.name, "exited")
         self._notify()
 
     # -- stopping ----------------------------------------------------------------------
@@ -285,6 +289,7 @@ class Scheduler:
         try:
             if child is not None:
                 log.info("stopping vLLM", model=slot.plan.name, reason=reason, pid=child.pid)
+                metrics.model_unloaded(slot.plan.name, reason)
                 await child.stop(STOP_GRACE_S)
         finally:
             slot.child, slot.state, slot.stopping, slot.inflight = None, "stopped", None, 0
