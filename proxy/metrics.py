@@ -21,9 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import TracebackType
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from proxy import __version__
+
+disable_created_metrics()  # no `_created` twin per series (multiprocess mode has none either)
 
 OTHER = "other"  # the model label of a requested name the registry does not know
 
