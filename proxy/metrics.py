@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from proxy import __version__
 
-disable_created_metrics()  # no `_created` twin per series (multiprocess mode has none either)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` twin per series (multiprocess mode has none either)
 
 OTHER = "other"  # the model label of a requested name the registry does not know
 

@@ -27,7 +27,7 @@ from tests.integration.helpers import usage_of
 from tests.integration.test_workers_and_overload import children, free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
-CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, Any] = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class Scrape:
@@ -65,8 +65,12 @@ async def test_a_scrape_counts_real_requests_their_first_tokens_and_tokens(
     base = await start_proxy(backends=[{"url": fake.url, "name": "metered"}])
     before = await scrape(session, f"{base}/metrics")
     prompt = output = 0
-    for path, body in [("/api/chat", CHAT), ("/api/chat", {**CHAT, "stream": False}),
-                       ("/api/generate", {"model": "tiny", "prompt": "hi", "stream": False})]:  # fmt: skip
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("/api/chat", CHAT),
+        ("/api/chat", {**CHAT, "stream": False}),
+        ("/api/generate", {"model": "tiny", "prompt": "hi", "stream": False}),
+    ]
+    for path, body in requests:
         status, _ = await post(session, f"{base}{path}", body)
         assert status == 200
         used = usage_of(fake, fake.requests[-1][0])
@@ -82,13 +86,13 @@ async def test_a_scrape_counts_real_requests_their_first_tokens_and_tokens(
     assert (await session.get(f"{base}/api/tags")).status == 200
     after = await scrape(session, f"{base}/metrics")
 
-    requests = "ollama_proxy_requests_total"
-    assert grew(before, after, requests, route="/api/chat", model="tiny:latest", status="200") == 2
-    assert grew(before, after, requests, route="/api/generate", model="tiny:latest", status="200") == 1
-    assert grew(before, after, requests, route="/v1/chat/completions", model="tiny:latest", status="200") == 2
-    assert grew(before, after, requests, route="/api/chat", model="other", status="404") == 1  # unknown: bounded
-    assert grew(before, after, requests, route="/api/tags", model="", status="200") == 1
-    assert not [k for k in after.values if k[0] == requests and ("model", "no-such-model") in k[1]]
+    counted = "ollama_proxy_requests_total"
+    assert grew(before, after, counted, route="/api/chat", model="tiny:latest", status="200") == 2
+    assert grew(before, after, counted, route="/api/generate", model="tiny:latest", status="200") == 1
+    assert grew(before, after, counted, route="/v1/chat/completions", model="tiny:latest", status="200") == 2
+    assert grew(before, after, counted, route="/api/chat", model="other", status="404") == 1  # unknown: bounded
+    assert grew(before, after, counted, route="/api/tags", model="", status="200") == 1
+    assert not [k for k in after.values if k[0] == counted and ("model", "no-such-model") in k[1]]
     # First tokens: both /api/chat, /api/generate (stream false is read as a stream) and the SSE stream.
     ttft = "gen_ai_server_time_to_first_token_seconds_count"
     assert grew(before, after, ttft, model="tiny:latest", backend="metered") == 4
