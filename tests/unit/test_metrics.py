@@ -88,3 +88,12 @@ def test_the_supervisor_can_set_the_multiprocess_directory_before_prometheus_cli
     code = "import sys, proxy.__main__, proxy.workers; print('prometheus_client' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_every_series_is_documented() -> None:
+    text = (REPO / "docs" / "metrics.md").read_text()
+    collectors = [v for v in vars(metrics).values() if hasattr(v, "_name") and hasattr(v, "_type")]
+    assert len(collectors) >= 16
+    for collector in collectors:
+        suffix = "_total" if collector._type == "counter" else ""
+        assert f"`{collector._name}{suffix}`" in text, collector._name
