@@ -107,18 +107,22 @@ class Inflight:
 
     def __init__(self, model: str, backend: str) -> None:
         self.model, self.backend = model, backend
+        self.active = False
 
     def __enter__(self) -> Inflight:
         INFLIGHT.labels(self.model, self.backend).inc()
+        self.active = True
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         INFLIGHT.labels(self.model, self.backend).dec()
+        self.active = False
 
     def move(self, backend: str) -> None:
-        INFLIGHT.labels(self.model, self.backend).dec()
+        if self.active:
+            INFLIGHT.labels(self.model, self.backend).dec()
+            INFLIGHT.labels(self.model, backend).inc()
         self.backend = backend
-        INFLIGHT.labels(self.model, self.backend).inc()
 
 
 class Queued:

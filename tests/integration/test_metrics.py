@@ -156,6 +156,8 @@ async def test_a_failover_is_counted_and_the_dead_backend_shows_down(start_proxy
     assert after.get("ollama_proxy_backend_up", backend="fo-dead") == 0
     assert after.get("ollama_proxy_backend_up", backend="fo-alive") == 1
     assert grew(before, after, "gen_ai_server_time_to_first_token_seconds_count", model="tiny:latest", backend="fo-alive") == 1
+    for name in ("fo-dead", "fo-alive"):  # counted on the replica while it ran, then on none
+        assert after.get("ollama_proxy_inflight_requests", model="tiny:latest", backend=name) == 0
 
 
 async def test_managed_model_loads_unloads_and_failed_starts(aiohttp_client: Any, session: aiohttp.ClientSession) -> None:

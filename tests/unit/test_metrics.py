@@ -67,6 +67,16 @@ def test_the_admission_api_shows_queued_requests_waits_and_rejections() -> None:
     assert value("ollama_proxy_rejected_requests_total", backend="unit-q", reason="queue_timeout") == before + 1
 
 
+def test_in_flight_moves_with_a_failover_and_ends_with_the_request() -> None:
+    on = {"model": "unit:1b"}
+    with metrics.Inflight("unit:1b", "unit-a") as inflight:
+        inflight.move("unit-b")
+        assert value("ollama_proxy_inflight_requests", **on, backend="unit-a") == 0
+        assert value("ollama_proxy_inflight_requests", **on, backend="unit-b") == 1
+    inflight.move("unit-c")  # a late move (the request has ended) counts nothing
+    assert [value("ollama_proxy_inflight_requests", **on, backend=b) for b in ("unit-a", "unit-b", "unit-c")] == [0, 0, 0]
+
+
 @pytest.mark.parametrize(("reason", "label"), [
     pytest.param("unload", "unload", id="ollama-stop"),
     pytest.param("keep_alive 0", "unload", id="keep-alive-0"),
