@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from proxy import auth
 from proxy.config import Config, split_listen
 from proxy.middleware import canonical
 from proxy.state import CONFIG
@@ -21,17 +22,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text ex
 PATH = "/metrics"
 
 
-def authorize(request: web.Request) -> None:
-    """THE access decision for /metrics, on the main port and on ``metrics_listen`` alike:
-    every scrape passes here and nowhere else decides. There are no API keys yet, so any
-    client that can reach the address may read the metrics (they hold no secret and no
-    user name). Once ``api_keys`` exist, this raises the same 401 as every other route
-    except ``/`` when the request has no valid ``Authorization: Bearer`` key (Prometheus'
-    ``authorization`` scrape setting sends one)."""
+# AUTH: who may read /metrics is decided in one place, proxy/auth.py's ``identify``, the
+# same check as every Ollama route: with ``api_keys`` configured a scrape needs a valid
+# ``Authorization: Bearer`` key (Prometheus' ``authorization`` scrape setting sends one),
+# else 401; without keys anyone who reaches the address may scrape. The main app runs it
+# before every route; the metrics_listen app runs the same middleware:
+MIDDLEWARES = [canonical, auth.identify]
 
 
 async def handler(request: web.Request) -> web.Response:
-    authorize(request)
     return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -53,10 +52,11 @@ def on_main_port(app: web.Application, config: Config) -> None:
 
 def separate_listener(config: Config, reuse_port: bool) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context for the main app that serves /metrics on ``metrics_listen``, with
-    the canonical middleware (one log line per scrape) and nothing else routed there."""
+    one log line per scrape and the key check (``MIDDLEWARES``) and nothing else routed
+    there."""
 
     async def serve(main: web.Application) -> AsyncIterator[None]:
-        app = web.Application(middlewares=[canonical])
+        app = web.Application(middlewares=MIDDLEWARES)
         app[CONFIG] = config
         app.router.add_get(PATH, handler)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)

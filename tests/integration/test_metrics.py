@@ -183,6 +183,20 @@ async def test_managed_model_loads_unloads_and_failed_starts(aiohttp_client: Any
     assert grew(before, after, "ollama_proxy_model_loads_total", model="broken:1b", result="failed") == 1
 
 
+KEYS = {"api_keys": [{"name": "prometheus", "key": "scrape-key-1"}]}
+BEARER = {"Authorization": "Bearer scrape-key-1"}
+
+
+async def test_with_api_keys_a_scrape_needs_one(start_proxy: Any, fake: FakeVLLM, session: aiohttp.ClientSession) -> None:
+    base = await start_proxy(backends=[{"url": fake.url, "name": "keyed"}], **KEYS)
+    async with session.get(f"{base}/metrics") as anonymous:
+        assert anonymous.status == 401 and "API key" in (await anonymous.json())["error"]
+    async with session.get(f"{base}/metrics", headers={"Authorization": "Bearer wrong"}) as wrong:
+        assert wrong.status == 401
+    async with session.get(f"{base}/metrics", headers=BEARER) as keyed:
+        assert keyed.status == 200 and "ollama_proxy_requests_total" in await keyed.text()
+
+
 def serve(tmp_path: Path, fake: FakeVLLM, workers: int, **config: Any) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     path = tmp_path / "config.yaml"
@@ -225,7 +239,8 @@ def listening(pids: set[int], port: int) -> set[int]:
 async def all_listening(proc: subprocess.Popen[bytes], workers: int, *ports: int) -> None:
     for _ in range(400):
         kids = children(proc.pid)
-        if len(kids) >= workers and all(len(listening(kids, port)) >= workers for port in ports):
+        holders = kids | {proc.pid}  # one worker: the process itself
+        if len(kids) >= workers and all(len(listening(holders, port)) >= max(workers, 1) for port in ports):
             return
         await asyncio.sleep(0.025)
     raise AssertionError("the workers did not all listen")
@@ -290,6 +305,23 @@ async def _killed_workers_leave_no_live_gauges(proc: subprocess.Popen[bytes], ba
         raise AssertionError("the workers were not restarted")
     assert seen.get("ollama_proxy_inflight_requests", model="tiny:latest", backend="shared") == 0
     assert seen.get("ollama_proxy_requests_total", route="/api/chat", model="tiny:latest", status="200") == 20
+
+
+async def test_the_metrics_listen_address_needs_a_key_too(tmp_path: Path, fake: FakeVLLM) -> None:
+    metrics_port = free_port()
+    proc, port = serve(tmp_path, fake, 1, metrics_listen=f"127.0.0.1:{metrics_port}", **KEYS)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        await wait_until_up(f"http://127.0.0.1:{port}/", proc)  # `/` needs no key
+        await all_listening(proc, 0, metrics_port)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as anonymous:
+                assert anonymous.status == 401
+            async with session.get(url, headers=BEARER) as keyed:
+                assert keyed.status == 200
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
 
 
 def test_the_cli_refuses_a_metrics_port_in_use(tmp_path: Path) -> None:
