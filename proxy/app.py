@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import auth, library_routes, metrics_http, openai_routes, routes, routing
+from proxy import admission_remote, auth, library_routes, metrics_http, openai_routes, routes, routing
+from proxy.admission import Admission
 from proxy.backend import Backends
 from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
@@ -21,7 +22,19 @@ from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
 from proxy.monitor import Monitor
 from proxy.registry import Registry
-from proxy.state import BACKENDS, CLOCK, CONFIG, DISCOVERY, KEEPALIVE, LAUNCHER, MANAGED, REGISTRY, ROUTER, TOOLS_DROPPED
+from proxy.state import (
+    ADMISSION,
+    BACKENDS,
+    CLOCK,
+    CONFIG,
+    DISCOVERY,
+    KEEPALIVE,
+    LAUNCHER,
+    MANAGED,
+    REGISTRY,
+    ROUTER,
+    TOOLS_DROPPED,
+)
 from proxy.timers import SYSTEM, Timers
 
 
@@ -38,6 +51,8 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     app[REGISTRY] = Registry(config, backends, weights.present)
     app[ROUTER] = routing.router(config.routing.strategy, config.routing.affinity)
     app[CLOCK] = Clock()
+    # One fair-turn state: this process's, or with --workers N the supervisor's.
+    app[ADMISSION] = admission_remote.Client(config.admission_socket) if config.admission_socket else Admission(timers)
     app[TOOLS_DROPPED] = set()
     if launcher is not None:
         app[LAUNCHER] = launcher
@@ -68,4 +83,5 @@ async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]
             await task
     if managed_on:
         await app[MANAGED].close()  # stops every vLLM this process started
+    app[ADMISSION].close()
     backends.close()

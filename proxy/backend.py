@@ -43,6 +43,7 @@ class Backend:
         self.health = health or Health()
         self.load = Load()
         self.latency_ms: float | None = None  # moving average of the time to a response head
+        self.max_num_seqs: int | None = None  # vLLM's batch size, once its /server_info told it
 
     @property
     def name(self) -> str:

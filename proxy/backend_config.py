@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import toolconf
+from proxy import fairconf, toolconf
 from proxy.confcheck import ConfigError
 from proxy.confcheck import boolean as _bool
 from proxy.confcheck import choice as _choice
@@ -41,6 +41,7 @@ class BackendConfig:
     tools: toolconf.ToolSettings = toolconf.ToolSettings()  # drop_unsupported_tools (proxy/toolconf.py)
     ca_file: str = ""  # https:// backends: CA certificate(s) to verify it by; "" = the system's store
     scheduling_policy: str = "fcfs"  # as its vLLM's --scheduling-policy; "priority": send keys' priority
+    turns: fairconf.BackendTurns = fairconf.BackendTurns()  # max_concurrency etc. (proxy/fairconf.py)
 
     @property
     def public_url(self) -> str:
@@ -78,6 +79,7 @@ def backend(data: Any, where: str) -> BackendConfig:
             "ca_file",
             "scheduling_policy",
             *toolconf.KEYS,
+            *fairconf.BACKEND_KEYS,
         },
     )
     if "url" not in data:
@@ -108,4 +110,5 @@ def backend(data: Any, where: str) -> BackendConfig:
         tools=toolconf.parse(data, where),
         ca_file=_optional_str(data, "ca_file", where),
         scheduling_policy=_choice(data.get("scheduling_policy", "fcfs"), f"{where}.scheduling_policy", ("fcfs", "priority")),
+        turns=fairconf.backend(data, where),
     )

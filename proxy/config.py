@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from proxy import auth_config, backend_config, catalog, metrics_config, names, routing_config, toolconf
+from proxy import auth_config, backend_config, catalog, fairconf, metrics_config, names, routing_config, toolconf
 from proxy.backend_config import BackendConfig as BackendConfig
 from proxy.backend_config import Timeouts as Timeouts
 from proxy.confcheck import ConfigError as ConfigError
@@ -70,6 +70,7 @@ class Config:
     max_loaded: int = 0  # managed models running at once; 0 = limited by gpu_share only
     max_queue: int = 512  # requests waiting for room to start a managed model, past it 503
     queue_timeout: float = 60.0  # seconds such a request waits before 503 with Retry-After
+    max_user_concurrency: int = 0  # requests one user may run on a backend at once; 0 = no cap (fair turns)
     load_timeout: float = 600.0  # seconds vLLM may take to become ready
     vllm_python: str = ""  # the Python that has vLLM; "" = the proxy's own interpreter
     timeouts: Timeouts = Timeouts()
@@ -82,6 +83,7 @@ class Config:
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
     managed_socket: str = ""  # set by the supervisor with --workers N: the owner of the managed models
+    admission_socket: str = ""  # set by the supervisor with --workers N: the owner of the fair turns
 
     @property
     def managed(self) -> tuple[ModelEntry, ...]:
@@ -222,7 +224,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
         "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
         "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights",
-        "routing", *auth_config.KEYS, *metrics_config.KEYS}  # fmt: skip
+        "routing", "max_user_concurrency", *auth_config.KEYS, *metrics_config.KEYS}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
@@ -263,6 +265,7 @@ def _config(data: Any, source: str) -> Config:
     if "max_queue" in data:
         kw["max_queue"] = _count(data["max_queue"], "max_queue", minimum=1)
     kw.update({k: _positive(data[k], k) for k in ("queue_timeout", "load_timeout") if k in data})
+    kw["max_user_concurrency"] = fairconf.max_user_concurrency(data)
     if "vllm_python" in data:
         kw["vllm_python"] = _str(data["vllm_python"], "vllm_python")
     backends = [backend_config.backend(b, f"backends[{i}]") for i, b in enumerate(_list(data.get("backends", []), "backends"))]

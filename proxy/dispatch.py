@@ -4,7 +4,8 @@ before the response head, or a 5xx) is sent once more to another healthy replica
 a response head arrived nothing is resent, so a client never gets a silent second
 generation; what breaks after that reaches the client as the error line. A sleep-mode
 replica may take the failover: it is woken first, and its keep-alive timer restarts when
-the request ends (``handlers.loaded``).
+the request ends (``handlers.loaded``). The request's fair turn moves with it: given back on the
+failed backend, taken on the other.
 
 It is also where a caller's ``priority`` joins the body: vLLM's request field (lower runs
 earlier), sent only to a backend whose config says ``scheduling_policy: priority``.
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from proxy import metrics
+from proxy import admit, metrics
 from proxy.backend import Backend, UpstreamStream
 from proxy.errors import BackendError, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.registry import Route
@@ -65,6 +66,7 @@ async def _with_failover(request: web.Request, route: Route, send: Callable[[Bac
         other = _replica(request, route, exc)
         if other is None:
             raise
+    await admit.move(request, other)
     keepalive = request.app[KEEPALIVE]
     if keepalive.manages(other):
         request[CONTEXT].woken.append(other)  # before begin(), which counts it in flight first

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import errors
+from proxy import admit, errors
 from proxy.body import parse_json, read_body
 from proxy.metrics import Inflight
 from proxy.registry import Registry, Route
@@ -87,13 +87,16 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 @contextlib.asynccontextmanager
-async def loaded(request: web.Request, route: Route, keep_alive: Any, session: str | None = None) -> AsyncIterator[Route]:
+async def loaded(
+    request: web.Request, route: Route, keep_alive: Any, session: str | None = None, turn: bool = True
+) -> AsyncIterator[Route]:
     """Around a request that needs the model, yielding the route to send it on, its
     ``backend`` the replica the router chose (``session`` keeps a conversation on one): a
     managed model is started if needed and counted busy until the request (its stream
-    included) ends; a sleeping backend is woken first and its keep-alive timer restarted
-    at the end (proxy/keepalive.py). The request counts in flight on its model and backend
-    meanwhile (``ollama_proxy_inflight_requests``)."""
+    included) ends; with ``turn`` the request takes its fair turn on the backend and holds
+    it as long (proxy/admit.py); a sleeping backend is woken first and its keep-alive
+    timer restarted at the end (proxy/keepalive.py). The request counts in flight on its
+    model and backend meanwhile (``ollama_proxy_inflight_requests``)."""
     seconds = keep_alive_seconds(keep_alive)
     context = request[CONTEXT]
     if route.managed:
@@ -105,6 +108,8 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any, session: s
         try:
             backend = request.app[BACKENDS].at(route.backend.config, lease.url.rstrip("/"))
             live = route._replace(backend=backend, replicas=(backend,))
+            if turn:
+                await admit.take(request, backend)
             registry = request.app[REGISTRY]
             if not registry.knows_context(route.facts.name):
                 with contextlib.suppress(errors.ProxyError):  # only the context length is missing then
@@ -112,6 +117,7 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any, session: s
             with Inflight(route.facts.name, backend.name) as context.inflight:
                 yield live
         finally:
+            admit.give_back(request)
             host.release(lease, seconds)
         return
     chosen = request.app[ROUTER].pick(route.replicas, session) or route.backend
@@ -119,11 +125,14 @@ async def loaded(request: web.Request, route: Route, keep_alive: Any, session: s
     context.serve_on(chosen.name)
     keepalive = request.app[KEEPALIVE]
     woken = request[CONTEXT].woken
+    if turn:
+        await admit.take(request, chosen)
     try:
         await keepalive.begin(route.backend)
         with Inflight(route.facts.name, chosen.name) as context.inflight:
             yield route
     finally:
+        admit.give_back(request)
         for backend in [route.backend, *woken]:  # and the sleep-mode replicas a failover woke
             keepalive.end(backend, seconds)
         woken.clear()

@@ -289,7 +289,7 @@ async def _lifecycle(
         if reason == "unload":
             await keepalive.unload(route.backend)
         else:
-            async with loaded(request, route, body.get("keep_alive")):
+            async with loaded(request, route, body.get("keep_alive"), turn=False):
                 pass
     created = request.app[CLOCK].created_at()
     return single_object({"model": name, "created_at": created, **empty, "done": True, "done_reason": reason}, stream)

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.admission import Admitter, Ticket
 from proxy.backend import Backend, Backends
 from proxy.clock import Clock
 from proxy.config import Config
@@ -28,6 +29,7 @@ CLOCK = web.AppKey("clock", Clock)
 KEEPALIVE = web.AppKey("keepalive", KeepAlive)
 MANAGED = web.AppKey("managed", Host)  # only set when managed models are configured
 LAUNCHER = web.AppKey("launcher", Launcher)  # a launcher given to create_app (tests)
+ADMISSION = web.AppKey("admission", Admitter)  # fair turns per backend (proxy/admission.py)
 TOOLS_DROPPED = web.AppKey("tools_dropped", set[str])  # models already logged as answering without tools
 
 
@@ -42,6 +44,7 @@ class RequestContext:
     response: web.StreamResponse | None = None  # a streamed response once its head is out
     caller: Caller | None = None  # who is asking, once the middleware resolved it; read by caller_of
     woken: list[Backend] = field(default_factory=list)  # sleep-mode replicas a failover began; loaded() ends them
+    ticket: Ticket | None = None  # the request's turn on its backend while it holds one (proxy/admit.py)
     # Raw figures for the metrics the middleware records at the end (proxy/metrics.py):
     model: str = ""  # the registry's name of the model, once resolved
     backend: str = ""  # the backend that answered (after a failover, the replica)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
+from proxy import admission_remote
 from proxy.config import Config
 from proxy.managed import library
 
@@ -66,6 +67,9 @@ def run(config: Config) -> int:
 
         return serve(config, reuse_port=False)
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ollama-vllm-proxy-metrics-")
+    turns = admission_remote.Owner()  # one fair-turn state for every worker
+    turns.start()
+    config = replace(config, admission_socket=turns.path)
     try:
         owner = _managed_owner(config)
         if owner is None:
@@ -75,6 +79,7 @@ def run(config: Config) -> int:
         finally:
             owner.stop()  # the workers are gone: stop every vLLM child
     finally:
+        turns.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 

@@ -1,0 +1,41 @@
+"""A request's turn on the backend it is sent to (proxy/admission.py), taken after the
+backend is chosen and held on the request's context until its response ends; a
+failover gives it back and takes one on the other replica."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.backend import Backend
+from proxy.state import ADMISSION, CONFIG, CONTEXT, caller_of
+from proxy.turns import Limits
+
+
+def limits(request: web.Request, backend: Backend) -> Limits:
+    config = request.app[CONFIG]
+    return backend.config.turns.limits(config.max_user_concurrency, config.max_queue, config.queue_timeout,
+                                       backend.max_num_seqs)  # fmt: skip
+
+
+async def take(request: web.Request, backend: Backend) -> None:
+    """Take a turn on ``backend``: at once when there is room (no await), else queued."""
+    admission, context = request.app[ADMISSION], request[CONTEXT]
+    caller, rules = caller_of(request), limits(request, backend)
+    ticket = admission.enter(backend.name, rules, caller)
+    if ticket is None:
+        ticket = await admission.wait(backend.name, rules, caller)
+        context.log["queue_ms"] = round(context.log.get("queue_ms", 0.0) + ticket.waited * 1000, 1)
+    context.ticket = ticket
+
+
+def give_back(request: web.Request) -> None:
+    context = request[CONTEXT]
+    if context.ticket is not None:
+        request.app[ADMISSION].release(context.ticket)
+        context.ticket = None
+
+
+async def move(request: web.Request, backend: Backend) -> None:
+    """A failover: the failed backend's turn goes back before one is taken on ``backend``."""
+    give_back(request)
+    await take(request, backend)
