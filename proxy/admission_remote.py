@@ -97,8 +97,8 @@ async def serve(admission: Admission, path: str) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _handle(admission, reader, writer)
-        except (ConnectionError, ValueError, KeyError, TypeError):
-            pass
+        except (ConnectionError, ValueError, KeyError, TypeError, asyncio.CancelledError):
+            pass  # a bad line, a worker gone, or the owner stopping: the connection just ends
         finally:
             writer.close()
 
@@ -145,6 +145,8 @@ async def _wait_unless_gone(
         await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await gone  # the read has ended before the connection is read again
     if not waiting.done():
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError, ProxyError):

@@ -44,6 +44,7 @@ class Backend:
         self.load = Load()
         self.latency_ms: float | None = None  # moving average of the time to a response head
         self.max_num_seqs: int | None = None  # vLLM's batch size, once its /server_info told it
+        self._asked_batch = False
 
     @property
     def name(self) -> str:
@@ -121,6 +122,24 @@ class Backend:
         """Whether vLLM has requests running or waiting."""
         await self.scrape()
         return self.load.running + self.load.waiting > 0
+
+    async def learn_batch_size(self) -> None:
+        """vLLM's ``max_num_seqs``, the default fair-turn limit, asked once: only a vLLM in
+        dev mode (VLLM_SERVER_DEV_MODE=1) answers ``GET /server_info`` (vLLM's
+        entrypoints/serve/dev/server_info); its metrics do not carry it."""
+        if self._asked_batch or self.config.turns.max_concurrency is not None:
+            return
+        self._asked_batch = True
+        try:
+            info = await self.get_json("/server_info?config_format=json")
+        except ProxyError:
+            return
+        config = info.get("vllm_config") if isinstance(info, dict) else None
+        scheduler = config.get("scheduler_config") if isinstance(config, dict) else None
+        seqs = scheduler.get("max_num_seqs") if isinstance(scheduler, dict) else None
+        if type(seqs) is int and seqs > 0:
+            self.max_num_seqs = seqs
+            log.info("backend batch size", backend=self.name, max_num_seqs=seqs)
 
     async def list_models(self) -> list[dict[str, Any]]:
         data = await self.get_json("/v1/models")

@@ -49,6 +49,7 @@ class Discovery:
             self._registry.mark_down(backend.name, exc.message)
             return
         new = self._registry.update(backend.name, cards, self._timers.wall_ns())
+        await backend.learn_batch_size()
         for served in new:
             capabilities = await backend.probe_capabilities(served)
             self._registry.set_capabilities(backend.name, served, capabilities)

@@ -43,10 +43,10 @@ class Snapshot:
 class Waiter:
     """A queued request; ``handle`` is the caller's (e.g. the future the waiter awaits)."""
 
-    __slots__ = ("user", "deadline", "since", "handle", "admitted")
+    __slots__ = ("user", "deadline", "since", "seq", "handle", "admitted")
 
-    def __init__(self, user: str, since: float, deadline: float, handle: Any) -> None:
-        self.user, self.since, self.deadline, self.handle = user, since, deadline, handle
+    def __init__(self, user: str, since: float, deadline: float, seq: int, handle: Any) -> None:
+        self.user, self.since, self.deadline, self.seq, self.handle = user, since, deadline, seq, handle
         self.admitted = False
 
 
@@ -71,6 +71,7 @@ class Turns:
         self._wait_seconds = 0.0
         self._full = 0
         self._timeouts = 0
+        self._seq = 0  # arrival order: between equal passes the earlier request goes first
 
     def enter(self, user: str, weight: float = 1.0) -> bool:
         """Run now if there is room for ``user``; counted in flight when True."""
@@ -94,7 +95,8 @@ class Turns:
         if not state.queue:
             state.pass_ = max(state.pass_, self._vtime)
         state.weight = max(weight, 0.001)
-        waiter = Waiter(user, now, now + self.limits.queue_timeout, handle)
+        self._seq += 1
+        waiter = Waiter(user, now, now + self.limits.queue_timeout, self._seq, handle)
         state.queue.append(waiter)
         self.queued += 1
         return waiter
@@ -142,7 +144,7 @@ class Turns:
     def _dispatch(self, now: float) -> list[Waiter]:
         admitted = []
         while self.in_flight < self.limits.max_concurrency:
-            ready = [(s.pass_, s.queue[0].since, name) for name, s in self._users.items() if s.queue and not self._capped(s)]
+            ready = [(s.pass_, s.queue[0].seq, name) for name, s in self._users.items() if s.queue and not self._capped(s)]
             if not ready:
                 break
             _, _, name = min(ready)

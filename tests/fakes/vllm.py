@@ -8,6 +8,7 @@ the vLLM 0.32.0 captures in tests/golden/captures and vLLM 0.32's vllm/entrypoin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -48,6 +49,11 @@ class FakeVLLM:
         self.token_ids = True  # honour return_token_ids (False: an older vLLM, or a router that drops them)
         self.stall = False  # stop after the role chunk and wait for the client to leave
         self.token_delay = 0.0
+        self.first_token_delay = 0.0  # prefill: seconds before the first token of a running request
+        self.max_num_seqs = 0  # like vLLM's --max-num-seqs: streams generating at once, the rest wait FCFS; 0 = no limit
+        self.dev_mode = False  # VLLM_SERVER_DEV_MODE=1: GET /server_info answers (with max_num_seqs)
+        self.server_info_calls = 0
+        self._running: asyncio.Semaphore | None = None
         self.aborted = 0  # streams whose client went away before the end
         self.active = 0  # streams in progress
         self.peak_active = 0
@@ -71,6 +77,7 @@ class FakeVLLM:
         app.router.add_post("/wake_up", self._wake_up)
         app.router.add_get("/is_sleeping", self._is_sleeping)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/server_info", self._server_info)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
@@ -181,6 +188,17 @@ class FakeVLLM:
     async def _is_sleeping(self, _: web.Request) -> web.Response:
         return web.json_response({"is_sleeping": self.sleeping})
 
+    async def _server_info(self, request: web.Request) -> web.Response:
+        """vLLM's dev-mode config dump (vllm/entrypoints/serve/dev/server_info/api_router.py),
+        cut down to what the proxy reads; 404 without dev mode, as the route is not mounted."""
+        self.server_info_calls += 1
+        if not self.dev_mode:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        if request.query.get("config_format") != "json":
+            return web.json_response({"vllm_config": "model='tiny', ...", "vllm_env": {}, "system_env": {}})
+        config = {"scheduler_config": {"max_num_seqs": self.max_num_seqs or 256, "max_num_batched_tokens": 2048}}
+        return web.json_response({"vllm_config": config, "vllm_env": {}, "system_env": {}})
+
     async def _metrics(self, _: web.Request) -> web.Response:
         text = f'vllm:num_requests_running{{engine="0",model_name="tiny"}} {float(self.active)}\n'
         text += 'vllm:num_requests_waiting{engine="0",model_name="tiny"} 0.0\n'
@@ -219,25 +237,11 @@ class FakeVLLM:
         await response.prepare(request)
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)
+        if self.max_num_seqs and self._running is None:
+            self._running = asyncio.Semaphore(self.max_num_seqs)
         try:
-            for event in self._events(body, chat, tokens, finish):
-                if self.stall:
-                    self.stall_started.set()
-                    await _wait_for_disconnect(request)
-                    raise ConnectionResetError
-                await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                if self.midstream_error and event["choices"] and _has_text(event):
-                    error = {
-                        "error": {"message": self.midstream_error, "type": "InternalServerError", "param": None, "code": 500}
-                    }
-                    await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
-                    return response
-            if (body.get("stream_options") or {}).get("include_usage"):
-                event = {**_envelope(body, chat), "choices": [], "usage": usage}
-                await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            async with self._running or contextlib.nullcontext():
+                await self._stream(request, response, body, chat, tokens, finish, usage)
         except ConnectionResetError:
             self.aborted += 1  # the proxy closed the stream: vLLM aborts the request
             return response
@@ -248,6 +252,27 @@ class FakeVLLM:
             self.active -= 1
         await response.write_eof()
         return response
+
+    async def _stream(self, request: web.Request, response: web.StreamResponse, body: dict[str, Any], chat: bool,
+                      tokens: list[str], finish: str, usage: dict[str, Any]) -> None:  # fmt: skip
+        if self.first_token_delay:
+            await asyncio.sleep(self.first_token_delay)
+        for event in self._events(body, chat, tokens, finish):
+            if self.stall:
+                self.stall_started.set()
+                await _wait_for_disconnect(request)
+                raise ConnectionResetError
+            await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            if self.midstream_error and event["choices"] and _has_text(event):
+                error = {"error": {"message": self.midstream_error, "type": "InternalServerError", "param": None, "code": 500}}
+                await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
+                return
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event = {**_envelope(body, chat), "choices": [], "usage": usage}
+            await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
 
     def _events(self, body: dict[str, Any], chat: bool, tokens: list[str], finish: str) -> list[dict[str, Any]]:
         env = _envelope(body, chat)
