@@ -135,11 +135,10 @@ class Backend:
         except ProxyError:
             return
         config = info.get("vllm_config") if isinstance(info, dict) else None
-        scheduler = config.get("scheduler_config") if isinstance(config, dict) else None
-        seqs = scheduler.get("max_num_seqs") if isinstance(scheduler, dict) else None
-        if type(seqs) is int and seqs > 0:
-            self.max_num_seqs = seqs
-            log.info("backend batch size", backend=self.name, max_num_seqs=seqs)
+        seqs = _field(config, "scheduler_config", "max_num_seqs")
+        if seqs:  # per data-parallel rank (vllm/config/scheduler.py)
+            self.max_num_seqs = seqs * (_field(config, "parallel_config", "data_parallel_size") or 1)
+            log.info("backend batch size", backend=self.name, max_num_seqs=self.max_num_seqs)
 
     async def list_models(self) -> list[dict[str, Any]]:
         data = await self.get_json("/v1/models")
@@ -210,6 +209,13 @@ class Backend:
         if self.health.failed(self.clock(), exc.message, hard):
             log.warning("backend out", backend=self.name, error=exc.message, cooldown_s=self.health.cooldown_s)
             metrics.backend_up(self.name, False)
+
+
+def _field(config: Any, section: str, key: str) -> int | None:
+    """A positive whole number in vLLM's JSON config dump, or None."""
+    part = config.get(section) if isinstance(config, dict) else None
+    value = part.get(key) if isinstance(part, dict) else None
+    return value if type(value) is int and value > 0 else None
 
 
 class Backends:

@@ -23,6 +23,7 @@ class Discovery:
         self._timers = timers
         self._last = -float("inf")  # monotonic seconds of the last completed refresh
         self._lock = asyncio.Lock()
+        self._asking: set[asyncio.Task[None]] = set()
 
     async def refresh(self) -> None:
         async with self._lock:
@@ -35,9 +36,13 @@ class Discovery:
             await self.refresh()
 
     async def run(self) -> None:
-        while True:
-            await self._timers.sleep(self._interval)
-            await self.refresh()
+        try:
+            while True:
+                await self._timers.sleep(self._interval)
+                await self.refresh()
+        finally:
+            for task in self._asking:
+                task.cancel()
 
     async def _refresh_one(self, backend: Backend) -> None:
         try:
@@ -49,7 +54,10 @@ class Discovery:
             self._registry.mark_down(backend.name, exc.message)
             return
         new = self._registry.update(backend.name, cards, self._timers.wall_ns())
-        await backend.learn_batch_size()
+        if backend.max_num_seqs is None:  # in the background: vLLM's /server_info can take seconds
+            task = asyncio.get_running_loop().create_task(backend.learn_batch_size())
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
         for served in new:
             capabilities = await backend.probe_capabilities(served)
             self._registry.set_capabilities(backend.name, served, capabilities)
