@@ -44,7 +44,10 @@ class Admitter(Protocol):
         """The request ended."""
 
     def snapshot(self) -> dict[str, Snapshot]:
-        """Per backend: in flight, queued, waits so far."""
+        """Per backend: in flight, queued, waits so far (this process's state)."""
+
+    async def figures(self) -> dict[str, Snapshot]:
+        """The same for the whole service (with --workers N: the supervisor's state)."""
 
     def close(self) -> None:
         """Stop the timers."""
@@ -87,6 +90,9 @@ class Admission:
 
     def snapshot(self) -> dict[str, Snapshot]:
         return {name: turns.snapshot() for name, turns in self._turns.items()}
+
+    async def figures(self) -> dict[str, Snapshot]:
+        return self.snapshot()
 
     def close(self) -> None:
         for task in self._sweepers.values():

@@ -63,7 +63,10 @@ class Client:
         writer.close()
 
     def snapshot(self) -> dict[str, Snapshot]:
-        return {}  # the owner holds the state: ``snapshot_of(path)``
+        return {}  # the owner holds the state: ``figures``
+
+    async def figures(self) -> dict[str, Snapshot]:
+        return await snapshot_of(self._path)
 
     def close(self) -> None:
         return None
