@@ -17,14 +17,19 @@ def limits(request: web.Request, backend: Backend) -> Limits:
                                        backend.max_num_seqs)  # fmt: skip
 
 
-async def take(request: web.Request, backend: Backend) -> None:
-    """Take a turn on ``backend``: at once when there is room (no await), else queued."""
-    admission, context = request.app[ADMISSION], request[CONTEXT]
-    caller, rules = caller_of(request), limits(request, backend)
-    ticket = admission.enter(backend.name, rules, caller)
-    if ticket is None:
-        ticket = await admission.wait(backend.name, rules, caller)
-        context.log["queue_ms"] = round(context.log.get("queue_ms", 0.0) + ticket.waited * 1000, 1)
+def take(request: web.Request, backend: Backend) -> bool:
+    """Take a turn on ``backend`` if there is room now: a plain call, no await (the hot
+    path); False when the request has to ``wait`` for one."""
+    ticket = request.app[ADMISSION].enter(backend.name, limits(request, backend), caller_of(request))
+    request[CONTEXT].ticket = ticket
+    return ticket is not None
+
+
+async def wait(request: web.Request, backend: Backend) -> None:
+    """Queue for a turn on ``backend`` (``ServerBusy`` at the timeout or bound)."""
+    context = request[CONTEXT]
+    ticket = await request.app[ADMISSION].wait(backend.name, limits(request, backend), caller_of(request))
+    context.log["queue_ms"] = round(context.log.get("queue_ms", 0.0) + ticket.waited * 1000, 1)
     context.ticket = ticket
 
 
@@ -38,4 +43,5 @@ def give_back(request: web.Request) -> None:
 async def move(request: web.Request, backend: Backend) -> None:
     """A failover: the failed backend's turn goes back before one is taken on ``backend``."""
     give_back(request)
-    await take(request, backend)
+    if not take(request, backend):
+        await wait(request, backend)

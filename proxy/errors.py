@@ -8,7 +8,7 @@
     ├── PayloadTooLarge        413  a body over the size limit, on the wire or inflated
     ├── ModelNotFound          404  no backend serves the name (text differs per endpoint)
     ├── NotSupported           501  Ollama features vLLM has no equivalent for
-    ├── ServerBusy             503  in-flight cap reached or no room for a managed model (Retry-After)
+    ├── ServerBusy             503  in-flight cap, no room for a managed model, no fair turn in time (Retry-After)
     ├── ModelLoadFailed        500  a managed model's vLLM did not start (with its log tail)
     ├── BackendUnavailable     502  connection refused / reset / DNS: names the backend
     ├── BackendTimeout         504  no connection or no first byte in time

@@ -108,8 +108,8 @@ async def loaded(
         try:
             backend = request.app[BACKENDS].at(route.backend.config, lease.url.rstrip("/"))
             live = route._replace(backend=backend, replicas=(backend,))
-            if turn:
-                await admit.take(request, backend)
+            if turn and not admit.take(request, backend):
+                await admit.wait(request, backend)
             registry = request.app[REGISTRY]
             if not registry.knows_context(route.facts.name):
                 with contextlib.suppress(errors.ProxyError):  # only the context length is missing then
@@ -125,8 +125,8 @@ async def loaded(
     context.serve_on(chosen.name)
     keepalive = request.app[KEEPALIVE]
     woken = request[CONTEXT].woken
-    if turn:
-        await admit.take(request, chosen)
+    if turn and not admit.take(request, chosen):
+        await admit.wait(request, chosen)
     try:
         await keepalive.begin(route.backend)
         with Inflight(route.facts.name, chosen.name) as context.inflight:

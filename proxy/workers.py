@@ -16,6 +16,9 @@ discovery. The parent supervises them:
 * SIGTERM/SIGINT stop the workers and the parent exits 0. SIGHUP is logged and ignored,
   by parent and workers alike (reloading is not supported yet).
 
+The parent also keeps the one fair-turn state on a thread (proxy/admission_remote.py),
+so each backend's limit and the round-robin between users hold across the workers.
+
 Workers are plain ``python -c`` child processes, not ``multiprocessing`` ones: they share
 no semaphores or memory, so there is no resource-tracker process to orphan. The
 configuration (with its secrets) travels over the stdin pipe, never on a command line.
