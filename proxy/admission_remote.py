@@ -43,7 +43,7 @@ class Client:
         try:
             reader, writer = await asyncio.open_unix_connection(self._path, limit=_LIMIT)
         except OSError as exc:
-            raise ProxyError(f"the process that keeps the fair turns is not answering: {exc.strerror or exc}") from None
+            raise ServerBusy(f"the process that keeps the fair turns is not answering: {exc.strerror or exc}") from None
         try:
             request = {"op": "take", "backend": backend, "limits": dataclasses.asdict(limits), "user": caller.user,
                        "weight": caller.weight}  # fmt: skip
@@ -85,7 +85,7 @@ async def snapshot_of(path: str) -> dict[str, Snapshot]:
 
 def _answer(line: bytes) -> dict[str, Any]:
     if not line:
-        raise ProxyError("the process that keeps the fair turns closed the connection")
+        raise ServerBusy("the process that keeps the fair turns closed the connection")
     answer: dict[str, Any] = orjson.loads(line)
     if "error" in answer:
         if answer.get("status") == 503:
