@@ -129,11 +129,14 @@ class Backend:
         entrypoints/serve/dev/server_info); its metrics do not carry it."""
         if self._asked_batch or self.config.turns.max_concurrency is not None:
             return
-        self._asked_batch = True
         try:
             info = await self.get_json("/server_info?config_format=json")
+        except BackendError as exc:
+            self._asked_batch = exc.status < 500  # 404: not in dev mode; asked again after a failure,
+            return  # so that every worker comes to the same limit
         except ProxyError:
             return
+        self._asked_batch = True
         config = info.get("vllm_config") if isinstance(info, dict) else None
         seqs = _field(config, "scheduler_config", "max_num_seqs")
         if seqs:  # per data-parallel rank (vllm/config/scheduler.py)
