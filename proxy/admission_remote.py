@@ -7,7 +7,8 @@ connection. ``take`` (backend, limits, user, weight) is answered when the turn i
 (or with the busy error); the connection stays open while the request runs, and closing
 it gives the turn back, so a worker that dies gives back all of its turns, and a worker
 whose client hung up while queued leaves the queue at once. ``snapshot`` is one request
-and one answer.
+and one answer. The limits travel with each ``take`` (every worker has the same
+configuration and asks vLLM for the same ``max_num_seqs``); the latest apply.
 """
 
 from __future__ import annotations
