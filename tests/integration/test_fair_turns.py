@@ -229,3 +229,30 @@ async def test_workers_share_one_round_robin(fake: FakeVLLM, tmp_path: Path) -> 
     order = "".join(t[0] for t in texts if isinstance(t, str) and t[:1] in ("A", "B"))
     assert order == "ABABABAAA", order
     assert fake.peak_active == 1
+
+
+async def test_api_keys_take_turns_by_their_weight(proxy: Any, fake: FakeVLLM, user_a: Any) -> None:
+    """The key's name is the user and its ``weight`` its share of turns: with one turn at
+    a time, a weight-2 key's queue gets two turns for each of a weight-1 key's."""
+    keys = [{"name": "batch", "key": "k-batch-0123456789"}, {"name": "vip", "key": "k-vip-0123456789", "weight": 2}]
+    base, app = await proxy(top={"api_keys": keys}, max_concurrency=1)
+    fake.stall = True
+
+    async def chat(key: str, text: str) -> int:
+        body = {**CHAT, "messages": [{"role": "user", "content": text}], "stream": False}
+        async with user_a.post(f"{base}/api/chat", json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+            await response.read()
+            return response.status
+
+    holder = asyncio.create_task(chat("k-batch-0123456789", "hold"))
+    await asyncio.wait_for(fake.stall_started.wait(), 5)
+    batch = [asyncio.create_task(chat("k-batch-0123456789", f"b{i}")) for i in range(3)]
+    await until(lambda: queued(app) == 3, "the batch key's requests to queue")
+    vip = [asyncio.create_task(chat("k-vip-0123456789", f"v{i}")) for i in range(4)]
+    await until(lambda: queued(app) == 7, "the vip key's requests to queue")
+    fake.stall = False
+    holder.cancel()  # the held turn ends; the queues are served one at a time
+    assert await asyncio.gather(*batch, *vip) == [200] * 7
+    texts = [b["messages"][-1]["content"] for p, b in fake.requests if p == "/v1/chat/completions"]
+    order = "".join(t[0] for t in texts if isinstance(t, str) and t[:1] in ("b", "v") and t[1:].isdigit())
+    assert order == "vvbvvbb", order
