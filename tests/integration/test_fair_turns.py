@@ -231,7 +231,7 @@ async def test_workers_share_one_round_robin(fake: FakeVLLM, tmp_path: Path) -> 
     assert fake.peak_active == 1
 
 
-async def test_api_keys_take_turns_by_their_weight(proxy: Any, fake: FakeVLLM, user_a: Any) -> None:
+async def test_api_keys_take_turns_by_their_weight(proxy: Any, fake: FakeVLLM, user_a: aiohttp.ClientSession) -> None:
     """The key's name is the user and its ``weight`` its share of turns: with one turn at
     a time, a weight-2 key's queue gets two turns for each of a weight-1 key's."""
     keys = [{"name": "batch", "key": "k-batch-0123456789"}, {"name": "vip", "key": "k-vip-0123456789", "weight": 2}]
