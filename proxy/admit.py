@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy import metrics
+from proxy.admission import BUSY_TIMEOUT
 from proxy.backend import Backend
+from proxy.errors import ServerBusy
 from proxy.state import ADMISSION, CONFIG, CONTEXT, caller_of
 from proxy.turns import Limits
 
@@ -26,9 +29,16 @@ def take(request: web.Request, backend: Backend) -> bool:
 
 
 async def wait(request: web.Request, backend: Backend) -> None:
-    """Queue for a turn on ``backend`` (``ServerBusy`` at the timeout or bound)."""
+    """Queue for a turn on ``backend`` (``ServerBusy`` at the timeout or bound), counted
+    as queued meanwhile (``ollama_proxy_queued_requests``)."""
     context = request[CONTEXT]
-    ticket = await request.app[ADMISSION].wait(backend.name, limits(request, backend), caller_of(request))
+    try:
+        with metrics.Queued(context.model, backend.name):
+            ticket = await request.app[ADMISSION].wait(backend.name, limits(request, backend), caller_of(request))
+    except ServerBusy as exc:
+        metrics.rejected(backend.name, "queue_timeout" if exc.message == BUSY_TIMEOUT else "queue_full")
+        raise
+    metrics.queue_wait(context.model, backend.name, ticket.waited)
     context.log["queue_ms"] = round(context.log.get("queue_ms", 0.0) + ticket.waited * 1000, 1)
     context.ticket = ticket
 

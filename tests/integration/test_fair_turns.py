@@ -19,6 +19,7 @@ import orjson
 import pytest
 import yaml
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fairness import MODES, scenario
 from proxy.app import create_app
@@ -256,3 +257,44 @@ async def test_api_keys_take_turns_by_their_weight(proxy: Any, fake: FakeVLLM, u
     texts = [b["messages"][-1]["content"] for p, b in fake.requests if p == "/v1/chat/completions"]
     order = "".join(t[0] for t in texts if isinstance(t, str) and t[:1] in ("b", "v") and t[1:].isdigit())
     assert order == "vvbvvbb", order
+
+
+def series(text: str, name: str, **labels: str) -> float:
+    """One sample of a scrape, parsed with prometheus-client's parser; 0 when absent."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_waits_and_refusals_show_in_metrics(proxy: Any, fake: FakeVLLM, user_a: aiohttp.ClientSession) -> None:
+    base, app = await proxy(max_concurrency=1, max_queue=1)
+
+    async def scrape() -> str:
+        async with user_a.get(f"{base}/metrics") as response:
+            return await response.text()
+
+    before = await scrape()
+    fake.stall = True
+    first = asyncio.create_task(user_a.post(f"{base}/api/chat", json=CHAT))
+    await asyncio.wait_for(fake.stall_started.wait(), 5)
+    second = asyncio.create_task(user_a.post(f"{base}/api/chat", json={**CHAT, "stream": False}))
+    await until(lambda: queued(app) == 1, "the second request to queue")
+    during = await scrape()
+    async with user_a.post(f"{base}/api/chat", json=CHAT) as third:
+        assert third.status == 503
+    fake.stall = False
+    first.cancel()  # its turn passes to the second
+    assert (await asyncio.wait_for(second, 5)).status == 200
+    after = await scrape()
+    labels = {"model": "tiny:latest", "backend": "fake"}
+    assert series(during, "ollama_proxy_queued_requests", **labels) == 1
+    assert series(after, "ollama_proxy_queued_requests", **labels) == 0
+    waits = "ollama_proxy_queue_wait_seconds_count"
+    assert series(after, waits, **labels) - series(before, waits, **labels) == 1
+    refused = "ollama_proxy_rejected_requests_total"
+    assert (
+        series(after, refused, backend="fake", reason="queue_full") - series(before, refused, backend="fake", reason="queue_full")
+        == 1
+    )
