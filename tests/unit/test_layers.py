@@ -20,7 +20,7 @@ OPENERS = {"ClientSession", "TCPConnector", "UnixConnector", "create_connection"
            "create_subprocess_exec", "create_subprocess_shell", "Popen", "socket"}  # fmt: skip
 # backend.py (the runtime Backend) and h1client.py (its client) talk to vLLM; managed/launcher and managed/shim start it;
 # workers.py starts and supervises the proxy's own worker processes.
-SEAM = {"backend.py", "h1client.py", "workers.py"}
+SEAM = {"backend.py", "h1client.py", "workers.py", "notify.py"}  # notify: the datagram to systemd
 
 
 def is_seam(path: Path) -> bool:
