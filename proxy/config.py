@@ -13,7 +13,17 @@ from typing import Any
 
 import yaml
 
-from proxy import auth_config, backend_config, catalog, fairconf, metrics_config, names, routing_config, toolconf
+from proxy import (
+    auth_config,
+    backend_config,
+    catalog,
+    fairconf,
+    metrics_config,
+    names,
+    routing_config,
+    service_settings,
+    toolconf,
+)
 from proxy.backend_config import BackendConfig as BackendConfig
 from proxy.backend_config import Timeouts as Timeouts
 from proxy.confcheck import ConfigError as ConfigError
@@ -84,6 +94,7 @@ class Config:
     explicit: frozenset[str] = frozenset()  # top-level keys the file set (they win over OLLAMA_* env)
     managed_socket: str = ""  # set by the supervisor with --workers N: the owner of the managed models
     admission_socket: str = ""  # set by the supervisor with --workers N: the owner of the fair turns
+    service: service_settings.ServiceSettings = service_settings.ServiceSettings()  # drain_timeout
 
     @property
     def managed(self) -> tuple[ModelEntry, ...]:
@@ -224,12 +235,12 @@ def split_listen(listen: str) -> tuple[str, int]:
 _TOP = {"listen", "ollama_version", "log_level", "log_format", "refresh_interval", "workers",
         "max_inflight", "keep_alive", "origins", "event_loop", "timeouts", "backends", "models",
         "max_loaded", "max_queue", "queue_timeout", "load_timeout", "vllm_python", "catalog", "delete_weights",
-        "routing", "max_user_concurrency", *auth_config.KEYS, *metrics_config.KEYS}  # fmt: skip
+        "routing", "max_user_concurrency", *auth_config.KEYS, *metrics_config.KEYS, *service_settings.KEYS}  # fmt: skip
 
 
 def _config(data: Any, source: str) -> Config:
     _require_mapping(data, "top level", _TOP)
-    kw: dict[str, Any] = {"source": source, "explicit": frozenset(data)}
+    kw: dict[str, Any] = {"source": source, "explicit": frozenset(data), "service": service_settings.parse(data)}
     if "listen" in data:
         kw["listen"] = parse_listen(_str(data["listen"], "listen"), "listen")
     if "ollama_version" in data:

@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy import errors, metrics
-from proxy.state import CONTEXT, RequestContext
+from proxy.drain import SHUTTING_DOWN
+from proxy.state import CONTEXT, DRAIN, LIVE, RequestContext
 from proxy.streaming import json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,6 +30,8 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
     record = context.log
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    drain = request.app[DRAIN]
+    task = drain.enter()
     status = 500
     try:
         response = await handler(request)
@@ -39,30 +42,23 @@ async def canonical(request: web.Request, handler: Handler) -> web.StreamRespons
         status = response.status
         return response
     except asyncio.CancelledError:
-        status = 499  # the client went away; nginx's and Ollama's code for it
-        raise
+        if not drain.was_cut(task):
+            status = 499  # the client went away; nginx's and Ollama's code for it
+            raise
+        assert task is not None
+        task.uncancel()  # the drain's own cancel: answer instead of vanishing
+        response, status = await _failed(request, context, errors.ServerBusy(SHUTTING_DOWN))
+        return response
     except ConnectionResetError:
         status = 499
         raise
     except Exception as exc:  # noqa: BLE001 - every error leaves as JSON, never a traceback page
         if not isinstance(exc, errors.ProxyError):
             log.exception("unhandled error", path=request.path)
-        to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
-        status, body = to_wire(exc)
-        record["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
-        if context.response is not None:  # the head is out: the error can only end the body
-            status = context.response.status
-            try:
-                await context.response.write_eof(_error_tail(context.response, body))
-            except ConnectionError:
-                status = 499
-            return context.response
-        headers = errors.wire_headers(exc)
-        response = json_response(body, status, headers)
-        if not request.content.is_eof():
-            response.force_close()  # a body left unread (too large, undecodable): say so, then close
+        response, status = await _failed(request, context, exc)
         return response
     finally:
+        drain.leave(task)
         elapsed_ns = time.monotonic_ns() - started
         log.info("request", method=request.method, path=request.path, status=status,
                  total_ms=round(elapsed_ns / 1e6, 1), **record)  # fmt: skip
@@ -77,6 +73,25 @@ def _outcome(request: web.Request, context: RequestContext, status: int, elapsed
     first = (context.first_ns - context.arrival_ns) / 1e9 if context.first_ns else None
     return metrics.Outcome(resource.canonical if resource is not None else metrics.OTHER, model, context.backend, status,
                            elapsed_ns / 1e9, first, context.prompt_tokens, context.output_tokens)  # fmt: skip
+
+
+async def _failed(request: web.Request, context: RequestContext, exc: Exception) -> tuple[web.StreamResponse, int]:
+    """The error as the client gets it, and the status to log."""
+    to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
+    status, body = to_wire(exc)
+    context.log["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
+    if context.response is not None:  # the head is out: the error can only end the body
+        status = context.response.status
+        try:
+            await context.response.write_eof(_error_tail(context.response, body))
+        except ConnectionError:
+            status = 499
+        return context.response, status
+    headers = errors.wire_headers(exc)
+    response = json_response(body, status, headers)
+    if not request.content.is_eof() or request.app[DRAIN].started:
+        response.force_close()  # a body left unread (too large, undecodable), or stopping: say so, then close
+    return response, status
 
 
 def _error_tail(response: web.StreamResponse, body: dict[str, Any]) -> bytes:
@@ -102,10 +117,11 @@ _GENERATING = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/
                "/v1/completions", "/v1/embeddings")  # fmt: skip
 
 
-def inflight_cap(limit: int) -> Middleware:
-    """Past ``limit`` generation requests in flight in this worker, answer 503 with
-    Ollama's queue-full error and Retry-After instead of queueing silently (a saturated
-    relay otherwise shows up only as seconds of added TTFT)."""
+def inflight_cap() -> Middleware:
+    """Past ``max_inflight`` generation requests in flight in this worker (read at request
+    time: a reload may change it), answer 503 with Ollama's queue-full error and
+    Retry-After instead of queueing silently (a saturated relay otherwise shows up only as
+    seconds of added TTFT)."""
     inflight = 0
 
     @web.middleware
@@ -113,7 +129,7 @@ def inflight_cap(limit: int) -> Middleware:
         nonlocal inflight
         if request.path not in _GENERATING:
             return await handler(request)
-        if inflight >= limit:
+        if inflight >= request.app[LIVE].config.max_inflight:
             raise errors.ServerBusy
         inflight += 1
         try:
