@@ -10,12 +10,12 @@ from proxy import metrics
 from proxy.admission import BUSY_TIMEOUT
 from proxy.backend import Backend
 from proxy.errors import ServerBusy
-from proxy.state import ADMISSION, CONFIG, CONTEXT, caller_of
+from proxy.state import ADMISSION, CONTEXT, caller_of, live
 from proxy.turns import Limits
 
 
 def limits(request: web.Request, backend: Backend) -> Limits:
-    config = request.app[CONFIG]
+    config = live(request).config
     return backend.config.turns.limits(config.max_user_concurrency, config.max_queue, config.queue_timeout,
                                        backend.max_num_seqs)  # fmt: skip
 

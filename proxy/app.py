@@ -8,33 +8,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import admission_remote, auth, library_routes, metrics_http, openai_routes, routes, routing
+from proxy import admission_remote, auth, generation, library_routes, metrics_http, openai_routes, routes
 from proxy.admission import Admission
-from proxy.backend import Backends
 from proxy.body import MAX_BODY_BYTES
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.cors import Cors
-from proxy.discovery import Discovery
-from proxy.keepalive import KeepAlive
-from proxy.managed import library, service, weights
+from proxy.drain import Drain
+from proxy.generation import ENGINE, Engine
+from proxy.managed import library, service
 from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
-from proxy.monitor import Monitor
-from proxy.registry import Registry
-from proxy.state import (
-    ADMISSION,
-    BACKENDS,
-    CLOCK,
-    CONFIG,
-    DISCOVERY,
-    KEEPALIVE,
-    LAUNCHER,
-    MANAGED,
-    REGISTRY,
-    ROUTER,
-    TOOLS_DROPPED,
-)
+from proxy.state import ADMISSION, CLOCK, DRAIN, LAUNCHER, LIVE, MANAGED, TOOLS_DROPPED, Live
 from proxy.timers import SYSTEM, Timers
 
 
@@ -42,21 +27,20 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     """``launcher`` starts managed models' processes and ``timers`` run discovery and
     keep-alive (tests pass fake ones)."""
     cors = Cors(config.origins)
-    app = web.Application(
-        middlewares=[canonical, auth.identify, cors.middleware, inflight_cap(config.max_inflight)], client_max_size=MAX_BODY_BYTES
-    )
+    app = web.Application(middlewares=[canonical, auth.identify, cors.middleware, inflight_cap()], client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(cors.on_prepare)
-    app[CONFIG] = config
-    app[BACKENDS] = backends = Backends(config, timers.monotonic)
-    app[REGISTRY] = Registry(config, backends, weights.present)
-    app[ROUTER] = routing.router(config.routing.strategy, config.routing.affinity)
+    app[LIVE] = live = Live(generation.build(config, timers))
+    app[ENGINE] = Engine(live, timers)
+    app[DRAIN] = Drain()
     app[CLOCK] = Clock()
-    # One fair-turn state: this process's, or with --workers N the supervisor's.
+    # One fair-turn state: this process's, or with --workers N the supervisor's. It outlives
+    # a reload (queued requests keep their place); the limits are read per request.
     app[ADMISSION] = admission_remote.Client(config.admission_socket) if config.admission_socket else Admission(timers)
     app[TOOLS_DROPPED] = set()
     if launcher is not None:
         app[LAUNCHER] = launcher
-    app.cleanup_ctx.append(lambda app: _backends(app, timers))
+    app.cleanup_ctx.append(_backends)
+    app.on_shutdown.append(_drain)
     app.add_routes(routes.routes)
     app.add_routes(openai_routes.routes)
     app.add_routes(library_routes.routes)
@@ -64,24 +48,32 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     return app
 
 
-async def _backends(app: web.Application, timers: Timers) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    backends, registry = app[BACKENDS], app[REGISTRY]
-    app[DISCOVERY] = discovery = Discovery(registry, config.refresh_interval, timers)
-    await discovery.refresh()  # serve the first /api/tags with models already listed
-    app[KEEPALIVE] = keepalive = KeepAlive(list(backends), config.keep_alive, timers)
-    monitor = Monitor(lambda: backends, registry.replicated, config.routing.metrics_interval, timers)
-    tasks = [asyncio.create_task(discovery.run()), asyncio.create_task(keepalive.run()), asyncio.create_task(monitor.run())]
+async def reload(app: web.Application, config: Config) -> None:
+    """Swap in ``config`` (already merged with the running one, proxy/reconfig.py) without
+    dropping a request in flight (proxy/generation.py). Managed models keep running under
+    the host they started in."""
+    await app[ENGINE].reload(config)
+
+
+async def _backends(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    config = app[LIVE].current.config
+    await engine.start()
     managed_on = bool(library.managed(config))
+    preload = None
     if managed_on:
         app[MANAGED] = managed = service.host(config, app.get(LAUNCHER))
-        tasks.append(asyncio.create_task(managed.preload()))
+        preload = asyncio.create_task(managed.preload())
     yield
-    for task in tasks:
-        task.cancel()
+    if preload is not None:
+        preload.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await preload
     if managed_on:
         await app[MANAGED].close()  # stops every vLLM this process started
     app[ADMISSION].close()
-    backends.close()
+    await engine.close()
+
+
+async def _drain(app: web.Application) -> None:
+    await app[DRAIN].run(app[LIVE].current.config.service.drain_timeout)

@@ -18,14 +18,14 @@ from proxy import userinfo
 from proxy.auth_config import ApiKey, AuthSettings
 from proxy.errors import Unauthorized
 from proxy.identity import Caller
-from proxy.state import CONFIG, CONTEXT
+from proxy.state import CONTEXT, live
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
-    settings = request.app[CONFIG].auth
+    settings = live(request).config.auth
     context = request[CONTEXT]
     context.caller = Caller(user=request.remote or "unknown")
     context.log.update(user=context.caller.user, user_source=context.caller.source)

@@ -246,6 +246,19 @@ class Backends:
         health = Health(cooldown_s=self.routing.cooldown, probe_s=self.routing.probe_interval)
         return Backend(config, self.timeouts, self.pool, self.clock, health)
 
+    @property
+    def inflight(self) -> int:
+        """Requests of this process in flight on any of these backends."""
+        return sum(b.load.inflight for b in (*self._by_name.values(), *self._leased.values()))
+
+    def inherit(self, old: Backends) -> None:
+        """Keep what ``old`` learned (health, latency) about the servers it shares with
+        these by name and settings: a reload must not forget that a server is out."""
+        for name, backend in self._by_name.items():
+            before = old._by_name.get(name)
+            if before is not None and before.config == backend.config:
+                backend.health, backend.latency_ms = before.health, before.latency_ms
+
     def at(self, template: BackendConfig, url: str) -> Backend:
         """The backend at ``url`` (a managed model's running vLLM), made once."""
         backend = self._leased.get(url)

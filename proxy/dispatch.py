@@ -24,7 +24,7 @@ from proxy import admit, metrics
 from proxy.backend import Backend, UpstreamStream
 from proxy.errors import BackendError, BackendUnavailable, ConnectTimeout, ProxyError
 from proxy.registry import Route
-from proxy.state import CONTEXT, KEEPALIVE, ROUTER, caller_of
+from proxy.state import CONTEXT, caller_of, live
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ async def _with_failover(request: web.Request, route: Route, send: Callable[[Bac
         if other is None:
             raise
     await admit.move(request, other)
-    keepalive = request.app[KEEPALIVE]
+    keepalive = live(request).keepalive
     if keepalive.manages(other):
         request[CONTEXT].woken.append(other)  # before begin(), which counts it in flight first
         await keepalive.begin(other)
@@ -80,7 +80,7 @@ def _replica(request: web.Request, route: Route, exc: ProxyError) -> Backend | N
     failed = isinstance(exc, BackendUnavailable | ConnectTimeout) or (isinstance(exc, BackendError) and exc.status >= 500)
     if route.managed or not failed:
         return None
-    return request.app[ROUTER].pick(route.replicas, exclude={route.backend})
+    return live(request).router.pick(route.replicas, exclude={route.backend})
 
 
 def _failed_over(request: web.Request, route: Route, other: Backend) -> Route:

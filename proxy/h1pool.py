@@ -45,6 +45,7 @@ class Pool:
         self.idle_s = idle_s
         self._clock = clock
         self._idle: dict[Key, list[_Idle]] = {}
+        self._closed = False  # closed: connections that come back are closed, not kept
 
     def take(self, key: Key) -> asyncio.Transport | None:
         """The most recently used idle connection to the server, if it is fresh enough."""
@@ -59,6 +60,9 @@ class Pool:
 
     def put(self, key: Key, transport: asyncio.Transport) -> None:
         if transport.is_closing():
+            return
+        if self._closed:
+            transport.close()
             return
         entries = self._idle.setdefault(key, [])
         now = self._clock()
@@ -80,6 +84,7 @@ class Pool:
         return sum(len(v) for k, v in self._idle.items() if key is None or k == key)
 
     def close(self) -> None:
+        self._closed = True
         for entries in self._idle.values():
             for idle in entries:
                 idle.transport.close()

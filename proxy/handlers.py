@@ -13,7 +13,7 @@ from proxy import admit, errors
 from proxy.body import parse_json, read_body
 from proxy.metrics import Inflight
 from proxy.registry import Registry, Route
-from proxy.state import BACKENDS, CONTEXT, DISCOVERY, KEEPALIVE, MANAGED, REGISTRY, ROUTER
+from proxy.state import CONTEXT, MANAGED, live
 from proxy.translate.common import keep_alive_seconds
 
 
@@ -49,10 +49,10 @@ def stream_flag(body: dict[str, Any], go_type: str) -> bool:
 
 async def resolve(request: web.Request, name: str, endpoint: str) -> Route:
     request[CONTEXT].log["model"] = name
-    registry = request.app[REGISTRY]
+    registry = live(request).registry
     route = registry.resolve(name)
     if route is None:
-        await request.app[DISCOVERY].refresh_if_stale()
+        await live(request).discovery.refresh_if_stale()
         route = registry.resolve(name)
     if route is None and registry.library_repo(name) is not None:
         # A library name not downloaded yet: older Ollama servers' text; `ollama run` pulls on a 404.
@@ -106,24 +106,25 @@ async def loaded(
         if lease.started:
             context.log["model_start_ms"] = round((time.monotonic_ns() - began) / 1e6, 1)
         try:
-            backend = request.app[BACKENDS].at(route.backend.config, lease.url.rstrip("/"))
-            live = route._replace(backend=backend, replicas=(backend,))
+            generation = live(request)
+            backend = generation.backends.at(route.backend.config, lease.url.rstrip("/"))
+            running = route._replace(backend=backend, replicas=(backend,))
             if turn and not admit.take(request, backend):
                 await admit.wait(request, backend)
-            registry = request.app[REGISTRY]
+            registry = generation.registry
             if not registry.knows_context(route.facts.name):
                 with contextlib.suppress(errors.ProxyError):  # only the context length is missing then
                     registry.update_managed(route.facts.name, await backend.list_models())
             with Inflight(route.facts.name, backend.name) as context.inflight:
-                yield live
+                yield running
         finally:
             admit.give_back(request)
             host.release(lease, seconds)
         return
-    chosen = request.app[ROUTER].pick(route.replicas, session) or route.backend
+    chosen = live(request).router.pick(route.replicas, session) or route.backend
     route = route._replace(backend=chosen)
     context.serve_on(chosen.name)
-    keepalive = request.app[KEEPALIVE]
+    keepalive = live(request).keepalive
     woken = request[CONTEXT].woken
     if turn and not admit.take(request, chosen):
         await admit.wait(request, chosen)

@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy import errors, names
 from proxy.handlers import model_name, read_json, stream_flag, unknown
 from proxy.managed import hub, weights
-from proxy.state import CONFIG, CONTEXT, DISCOVERY, MANAGED, REGISTRY
+from proxy.state import CONTEXT, MANAGED, live
 from proxy.streaming import NDJSON, json_response
 from proxy.translate import fields
 
@@ -36,11 +36,11 @@ async def pull(request: web.Request) -> web.StreamResponse:
         raise errors.BadRequest("invalid model name")
     stream = stream_flag(body, "PullRequest")
     request[CONTEXT].log["model"] = name
-    registry = request.app[REGISTRY]
+    registry = live(request).registry
     repo = registry.library_repo(name)
     route = registry.resolve(name)
     if repo is None and route is None:
-        await request.app[DISCOVERY].refresh_if_stale()
+        await live(request).discovery.refresh_if_stale()
         route = registry.resolve(name)
     if route is not None and not route.managed:
         repo = None  # a backend serves the name, even if the catalog knows it too
@@ -81,7 +81,7 @@ async def delete(request: web.Request) -> web.Response:
     if not name:
         raise errors.BadRequest("model is required")
     request[CONTEXT].log["model"] = name
-    registry = request.app[REGISTRY]
+    registry = live(request).registry
     route = registry.resolve(name)
     repo = registry.library_repo(name)
     if route is None:
@@ -89,7 +89,7 @@ async def delete(request: web.Request) -> web.Response:
     if not route.managed or repo is None:
         raise errors.NotSupported("deleting models is not supported: stop the vLLM server that serves it, or remove "
                                   "its alias from the proxy's config.yaml")  # fmt: skip
-    if not request.app[CONFIG].library.delete_weights:
+    if not live(request).config.library.delete_weights:
         raise errors.NotSupported(f"deleting the weights of {name} ({repo}) is off: set delete_weights: true in "
                                   "the proxy's config.yaml, or remove them with `hf cache delete`")  # fmt: skip
     if weights.is_path(repo):

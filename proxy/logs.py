@@ -18,7 +18,16 @@ from proxy.redact import scrub, scrub_value
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+_SECRETS: list[str] = []  # what both scrubbers mask; a reload adds the new configuration's
+
+
+def add_secrets(secrets: tuple[str, ...]) -> None:
+    """After a reload: mask the new backends' secrets too (the old ones stay masked)."""
+    _SECRETS.extend(s for s in secrets if s not in _SECRETS)
+
+
 def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] = ()) -> None:
+    _SECRETS[:] = secrets
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -33,29 +42,29 @@ def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] =
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.dev.ConsoleRenderer()
     structlog.configure(
-        processors=[*shared, _Scrubber(secrets), renderer],
+        processors=[*shared, _Scrubber(_SECRETS), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     # aiohttp's own loggers: warnings and errors only; the canonical line replaces access logs.
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_ScrubbingFormatter(secrets, "%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ScrubbingFormatter(_SECRETS, "%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 class _Scrubber:
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, secrets: list[str]) -> None:
         self._secrets = secrets
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        return {k: scrub_value(v, self._secrets) for k, v in event.items()}
+        return {k: scrub_value(v, tuple(self._secrets)) for k, v in event.items()}
 
 
 class _ScrubbingFormatter(logging.Formatter):
-    def __init__(self, secrets: tuple[str, ...], fmt: str) -> None:
+    def __init__(self, secrets: list[str], fmt: str) -> None:
         super().__init__(fmt)
         self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record), self._secrets)
+        return scrub(super().format(record), tuple(self._secrets))

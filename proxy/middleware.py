@@ -15,7 +15,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy import errors, metrics
 from proxy.drain import SHUTTING_DOWN
-from proxy.state import CONTEXT, DRAIN, LIVE, RequestContext
+from proxy.state import CONTEXT, DRAIN, RequestContext, live
 from proxy.streaming import json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -129,7 +129,7 @@ def inflight_cap() -> Middleware:
         nonlocal inflight
         if request.path not in _GENERATING:
             return await handler(request)
-        if inflight >= request.app[LIVE].config.max_inflight:
+        if inflight >= live(request).config.max_inflight:
             raise errors.ServerBusy
         inflight += 1
         try:

@@ -15,7 +15,7 @@ from proxy.backend import AsyncBody, UpstreamStream
 from proxy.handlers import loaded, read_json, resolve, unknown
 from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
-from proxy.state import CONTEXT, REGISTRY
+from proxy.state import CONTEXT, live
 from proxy.streaming import json_response, record_usage
 from proxy.translate import models as models_t
 from proxy.translate.common import with_system
@@ -25,15 +25,15 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    return json_response(models_t.to_openai_models(request.app[REGISTRY].models()))
+    return json_response(models_t.to_openai_models(live(request).registry.models()))
 
 
 @routes.get("/v1/models/{model:.+}")
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    route = request.app[REGISTRY].resolve(name)
+    route = live(request).registry.resolve(name)
     if route is None:
-        raise unknown(request.app[REGISTRY], "openai", name)
+        raise unknown(live(request).registry, "openai", name)
     return json_response(models_t.to_openai_model(route.facts))
 
 

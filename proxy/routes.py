@@ -16,7 +16,7 @@ from proxy import dispatch, errors, fastrelay, names, routing
 from proxy.handlers import field, loaded, model_name, read_json, resolve, stream_flag
 from proxy.managed.service import managed_ps
 from proxy.registry import Route
-from proxy.state import CLOCK, CONFIG, CONTEXT, KEEPALIVE, MANAGED, REGISTRY, TOOLS_DROPPED
+from proxy.state import CLOCK, CONTEXT, MANAGED, TOOLS_DROPPED, live
 from proxy.streaming import collect_ollama, json_response, record_usage, single_object
 from proxy.translate import embed as embed_t
 from proxy.translate import fields
@@ -42,23 +42,23 @@ async def root(_: web.Request) -> web.Response:
 
 @routes.get("/api/version")
 async def version(request: web.Request) -> web.Response:
-    return json_response({"version": request.app[CONFIG].ollama_version})
+    return json_response({"version": live(request).config.ollama_version})
 
 
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
-    return json_response(models_t.to_ollama_tags(request.app[REGISTRY].models()))
+    return json_response(models_t.to_ollama_tags(live(request).registry.models()))
 
 
 @routes.get("/api/ps")
 async def ps(request: web.Request) -> web.Response:
     # Without sleep mode vLLM keeps its model loaded until the server stops: reported as
     # loaded forever, as Ollama does for keep_alive < 0 (about 292 years ahead).
-    keepalive = request.app[KEEPALIVE]
+    keepalive = live(request).keepalive
     now = datetime.now(UTC)
     forever = now + timedelta(days=365 * 292)
     loaded_models = []
-    for route in request.app[REGISTRY].running_routes():
+    for route in live(request).registry.running_routes():
         awake = [b for b in route.replicas if not keepalive.is_asleep(b)]
         if not awake:
             continue
@@ -66,7 +66,7 @@ async def ps(request: web.Request) -> web.Response:
         expires = forever if None in remaining else now + timedelta(seconds=max(r for r in remaining if r is not None))
         loaded_models.append((route.facts, expires.isoformat(), route.facts.size, tuple(b.name for b in awake)))
     if MANAGED in request.app:
-        loaded_models += await managed_ps(request.app[MANAGED], request.app[REGISTRY], forever)
+        loaded_models += await managed_ps(request.app[MANAGED], live(request).registry, forever)
     return json_response(models_t.to_ollama_ps(loaded_models))
 
 
@@ -282,7 +282,7 @@ async def _lifecycle(
     so nothing is sent upstream."""
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     reason = "unload" if keep_alive == 0 else "load"
-    keepalive = request.app[KEEPALIVE]
+    keepalive = live(request).keepalive
     if route.managed and reason == "unload":
         await request.app[MANAGED].unload(route.facts.name)
     elif route.managed or keepalive.manages(route.backend):

@@ -12,21 +12,42 @@ from proxy.backend import Backend, Backends
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.discovery import Discovery
+from proxy.drain import Drain
 from proxy.identity import Caller
 from proxy.keepalive import KeepAlive
 from proxy.managed.host import Host
 from proxy.managed.process import Launcher
 from proxy.metrics import Inflight
+from proxy.monitor import Monitor
 from proxy.registry import Registry
 from proxy.routing import Router
 
-CONFIG = web.AppKey("config", Config)
-REGISTRY = web.AppKey("registry", Registry)
-BACKENDS = web.AppKey("backends", Backends)
-ROUTER = web.AppKey("router", Router)
-DISCOVERY = web.AppKey("discovery", Discovery)
+
+@dataclass(frozen=True)
+class Generation:
+    """The configuration and everything built from it. A reload (SIGHUP, proxy/generation.py)
+    builds a whole new one and swaps it in at once; a request keeps the one it started
+    with (``live``), so it never mixes two configurations' registry and backends."""
+
+    config: Config
+    backends: Backends
+    registry: Registry
+    router: Router
+    discovery: Discovery
+    keepalive: KeepAlive
+    monitor: Monitor
+
+
+class Live:
+    """The one holder of the current ``Generation``, read at request time."""
+
+    def __init__(self, current: Generation) -> None:
+        self.current = current
+
+
+LIVE = web.AppKey("live", Live)
+DRAIN = web.AppKey("drain", Drain)
 CLOCK = web.AppKey("clock", Clock)
-KEEPALIVE = web.AppKey("keepalive", KeepAlive)
 MANAGED = web.AppKey("managed", Host)  # only set when managed models are configured
 LAUNCHER = web.AppKey("launcher", Launcher)  # a launcher given to create_app (tests)
 ADMISSION = web.AppKey("admission", Admitter)  # fair turns per backend (proxy/admission.py)
@@ -52,6 +73,7 @@ class RequestContext:
     prompt_tokens: int | None = None  # as vLLM counted them
     output_tokens: int | None = None
     inflight: Inflight | None = None  # counted in flight while it has a backend
+    generation: Generation | None = None  # the configuration the request runs under, once read (``live``)
 
     def serve_on(self, backend: str) -> None:
         """The backend the request goes to (logged, and the metrics' ``backend`` label)."""
@@ -68,3 +90,14 @@ def caller_of(request: web.Request) -> Caller:
     if context is not None and context.caller is not None:
         return context.caller
     return Caller(user=request.remote or "unknown")
+
+
+def live(request: web.Request) -> Generation:
+    """The configuration generation ``request`` runs under: the current one when it first
+    asks, the same one for the rest of the request, whatever a reload swaps in meanwhile."""
+    context: RequestContext | None = request.get(CONTEXT)
+    if context is None:
+        return request.app[LIVE].current
+    if context.generation is None:
+        context.generation = request.app[LIVE].current
+    return context.generation
