@@ -1,4 +1,5 @@
-"""Command line: ``ollama-vllm-proxy serve --backend URL --listen HOST:PORT --config PATH``.
+"""Command line: ``ollama-vllm-proxy serve --backend URL --listen HOST:PORT --config PATH``,
+and ``ollama-vllm-proxy check`` with the same options (proxy/check.py).
 
 The flags and the default port 11434 are a public contract scripts and systemd units
 depend on: add options, never rename or remove one.
@@ -12,7 +13,8 @@ import sys
 
 from proxy import __version__
 from proxy.auth_config import open_warning
-from proxy.config import Config, ConfigError, load
+from proxy.config import ConfigError
+from proxy.reconfig import Recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
+    check = sub.add_parser("check", help="validate the configuration, reach every backend, list the models; "
+                           "exit non-zero on a problem (for systemd ExecStartPre=)")  # fmt: skip
+    for command in (serve, check):
+        _options(command)
+    migrate = sub.add_parser("migrate", help="write a proxy config from an Ollama install")
+    migrate.add_argument("--from", dest="source", required=True, metavar="URL|PATH",
+                         help="a running Ollama (http://127.0.0.1:11434) or its model store (~/.ollama/models)")  # fmt: skip
+    migrate.add_argument("--out", metavar="PATH", help="where to write the config (default: standard output)")
+    return parser
+
+
+def _options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--backend", action="append", default=[], metavar="URL",
                        help="a vLLM server's base URL (repeatable); its models are discovered from /v1/models")  # fmt: skip
     serve.add_argument("--listen", metavar="HOST:PORT",
@@ -37,11 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--vllm-args", default="", metavar='"ARGS"',
                        help='extra vLLM arguments for every --model, e.g. "--dtype float32 --enforce-eager"')  # fmt: skip
-    migrate = sub.add_parser("migrate", help="write a proxy config from an Ollama install")
-    migrate.add_argument("--from", dest="source", required=True, metavar="URL|PATH",
-                         help="a running Ollama (http://127.0.0.1:11434) or its model store (~/.ollama/models)")  # fmt: skip
-    migrate.add_argument("--out", metavar="PATH", help="where to write the config (default: standard output)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,20 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         from proxy import migrate  # noqa: PLC0415 - only for this command
 
         return migrate.main(args.source, args.out)
+    recipe = Recipe(args.config, tuple(args.backend), args.listen, args.workers, tuple(args.model),
+                    args.vllm_python, args.vllm_args)  # fmt: skip
     try:
-        config = load(args.config) if args.config else Config()
-        config = config.with_cli(args.backend, args.listen, dict(os.environ), args.workers,
-                                 args.model, args.vllm_python, args.vllm_args)  # fmt: skip
-        if not config.backends and not config.managed and config.library.catalog is None:
-            raise ConfigError("no backend: pass --backend URL or --model MODEL, or list backends or launch: models in the config")
+        config = recipe.build(os.environ)
     except ConfigError as exc:
         print(f"ollama-vllm-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
     if warning := open_warning(config.listen, config.auth):
         print(f"ollama-vllm-proxy: {warning}", file=sys.stderr)
+    if args.command == "check":
+        from proxy import check  # noqa: PLC0415
+
+        return check.run(config)
     from proxy import workers  # noqa: PLC0415 - keep `--help` and config errors fast
 
-    return workers.run(config)
+    return workers.run(config, recipe)
 
 
 if __name__ == "__main__":

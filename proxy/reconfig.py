@@ -17,6 +17,21 @@ from dataclasses import dataclass, replace
 
 from proxy.config import Config, ConfigError, load
 
+_EARLY_SIGHUP: list[bool] = []  # a SIGHUP that came before the event loop took the signal over
+
+
+def sighup_before_listening() -> None:
+    """For a signal handler that runs before ``serve`` listens: reload once it does."""
+    _EARLY_SIGHUP.append(True)
+
+
+def take_early_sighup() -> bool:
+    """Whether such a SIGHUP came (and forget it)."""
+    came = bool(_EARLY_SIGHUP)
+    _EARLY_SIGHUP.clear()
+    return came
+
+
 RESTART_ONLY = ("listen", "workers", "event_loop", "log_level", "log_format", "origins", "vllm_python",
                 "max_loaded", "max_queue", "load_timeout", "library")  # fmt: skip
 
@@ -37,7 +52,7 @@ class Recipe:
         config = load(self.path) if self.path else Config()
         config = config.with_cli(list(self.backends), self.listen, dict(env), self.workers, list(self.models),
                                  self.vllm_python, self.vllm_args)  # fmt: skip
-        if not config.backends and not config.managed:
+        if not config.backends and not config.managed and config.library.catalog is None:
             raise ConfigError("no backend: pass --backend URL or --model MODEL, or list backends or launch: models in the config")
         return config
 
@@ -51,6 +66,7 @@ def merge(running: Config, new: Config) -> tuple[Config, list[str]]:
         new,
         models=(*(m for m in new.models if m.launch is None), *running.managed),
         managed_socket=running.managed_socket,
+        admission_socket=running.admission_socket,
         **{key: getattr(running, key) for key in RESTART_ONLY},
     )
     return applied, waiting

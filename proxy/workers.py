@@ -7,14 +7,22 @@ discovery. The parent supervises them:
 * A worker never outlives the parent. On Linux it asks the kernel for SIGTERM when the
   parent dies (``prctl(PR_SET_PDEATHSIG)``); everywhere, it also watches its stdin, a pipe
   only the parent holds open, and stops itself on EOF. SIGTERM is a graceful stop: the
-  port is closed at once, requests in flight get up to 30 s to finish.
+  port is closed at once, requests in flight get up to ``drain_timeout`` (30 s) to finish.
 * A worker that exits while the parent is not stopping is restarted after a backoff
   (0.5 s, doubling per consecutive early exit, at most 10 s). A worker that exits within
   10 s of its start five times in a row is a crash loop, and a worker that cannot listen
   (exit 78) would fail the same way again: then the parent stops the others and exits 1,
   leaving the next move to the service manager (systemd ``Restart=``).
-* SIGTERM/SIGINT stop the workers and the parent exits 0. SIGHUP is logged and ignored,
-  by parent and workers alike (reloading is not supported yet).
+* SIGTERM/SIGINT stop the workers and the parent exits 0. SIGHUP reloads: the parent makes
+  the configuration again (proxy/reconfig.py); a bad one is refused with one line and
+  nothing else happens, a good one becomes the one new workers get and SIGHUP goes on to
+  every worker, which reloads its own (proxy/server.py).
+* Under systemd (``$NOTIFY_SOCKET``) the parent is the one process that talks to it
+  (``NotifyAccess=main``). Workers notify the parent instead, over a datagram socket of
+  its own (proxy/notify.py, sender known by ``SCM_CREDENTIALS``): READY=1 goes to systemd
+  when every worker has sent it, after a reload when every worker has sent it again, and
+  WATCHDOG=1 only while every ready worker keeps pinging, so one stuck event loop gets
+  the service restarted.
 
 The parent also keeps the one fair-turn state on a thread (proxy/admission_remote.py),
 so each backend's limit and the round-robin between users hold across the workers.
@@ -37,6 +45,8 @@ import os
 import pickle
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,8 +58,11 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from proxy import admission_remote
-from proxy.config import Config
+from proxy.config import Config, ConfigError
+from proxy.drain import CUT_GRACE_S, SHUTDOWN_TIMEOUT_S
 from proxy.managed import library
+from proxy.notify import Notifier
+from proxy.reconfig import Recipe, merge, sighup_before_listening
 
 if TYPE_CHECKING:
     from proxy.managed.control import Owner
@@ -57,18 +70,18 @@ if TYPE_CHECKING:
 STABLE_SECONDS = 10.0  # a worker that ran this long was not crashing at start
 MAX_EARLY_EXITS = 5  # consecutive early exits of one worker before the parent gives up
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
-STOP_GRACE_SECONDS = 40.0  # SIGTERM → exit; beyond aiohttp's 30 s drain, SIGKILL
+STOP_MARGIN_SECONDS = 5.0  # SIGTERM → exit: a worker gets its drain and cut times plus this, then SIGKILL
 _BOOT = "import pickle, sys; sys.path[:0] = pickle.load(sys.stdin.buffer); from proxy.workers import child; child()"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_CANNOT_LISTEN = 78  # EX_CONFIG (sysexits.h): a worker's bind failed; restarting will not help
 
 
-def run(config: Config) -> int:
+def run(config: Config, recipe: Recipe | None = None) -> int:
     count = config.worker_count()
     if count == 1:
         from proxy.server import serve  # noqa: PLC0415 - see the module docstring (metrics)
 
-        return serve(config, reuse_port=False)
+        return serve(config, reuse_port=False, recipe=recipe)
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ollama-vllm-proxy-metrics-")
     turns = admission_remote.Owner()  # one fair-turn state for every worker
     turns.start()
@@ -76,9 +89,9 @@ def run(config: Config) -> int:
     try:
         owner = _managed_owner(config)
         if owner is None:
-            return Supervisor(config, count).run()
+            return Supervisor(config, count, recipe).run()
         try:
-            return Supervisor(replace(config, managed_socket=owner.path), count).run()
+            return Supervisor(replace(config, managed_socket=owner.path), count, recipe).run()
         finally:
             owner.stop()  # the workers are gone: stop every vLLM child
     finally:
@@ -108,18 +121,29 @@ class _Slot:
     started: float = 0.0
     early_exits: int = 0
     restart_at: float | None = None
+    ready: bool = False  # it sent READY=1 (since its start or the last reload)
+    pinged: bool = False  # it sent WATCHDOG=1 since the parent's last ping
 
 
 class Supervisor:
-    def __init__(self, config: Config, count: int) -> None:
+    def __init__(self, config: Config, count: int, recipe: Recipe | None = None) -> None:
         self._config = config
+        self._recipe = recipe
         self._slots = [_Slot(f"worker-{i}") for i in range(count)]
         self._stopping = False
+        self._hup = False
+        self._notifier = Notifier.from_env(os.environ)
+        self._relay: socket.socket | None = None
+        self._child_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self._announce = "started"  # what the next all-ready READY=1 tells systemd; "" once told
+        self._pinged_at = 0.0
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, _sighup)
+        signal.signal(signal.SIGHUP, self._sighup)
+        if self._notifier.enabled:
+            self._open_relay()
         code = 0
         for slot in self._slots:
             self._start(slot)
@@ -127,9 +151,78 @@ class Supervisor:
             now = time.monotonic()
             if not all(self._tend(slot, now) for slot in self._slots):
                 code, self._stopping = 1, True
+            self._read_relay(now)
+            if self._hup:
+                self._hup = False
+                self._reload()
             time.sleep(0.1)
+        self._notifier.stopping()
         self._stop_all()
+        if self._relay is not None:
+            self._relay.close()
         return code
+
+    def _sighup(self, _: int, __: FrameType | None) -> None:
+        self._hup = True
+
+    def _reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            if self._recipe is None:
+                raise ConfigError("this process was not started from a command line; nothing to reload from")
+            new = self._recipe.build(os.environ)
+        except ConfigError as exc:
+            _say(f"reload failed: keeping the running configuration: {exc}")
+            self._notifier.ready(f"reload failed: {exc}")
+            return
+        self._config, waiting = merge(self._config, new)
+        later = f" ({', '.join(waiting)} apply at the next restart)" if waiting else ""
+        _say(f"reloading the configuration in every worker{later}")
+        self._announce = "reloaded"
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.ready = False
+                slot.proc.send_signal(signal.SIGHUP)
+
+    def _open_relay(self) -> None:
+        """The socket the workers notify instead of systemd's (an abstract Unix name)."""
+        name = f"ollama-vllm-proxy/{os.getpid()}/notify"
+        relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        relay.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        relay.bind("\0" + name)
+        relay.setblocking(False)
+        self._relay = relay
+        self._child_env["NOTIFY_SOCKET"] = "@" + name
+        if self._notifier.watchdog_usec:  # twice as often: the parent pings once all of them did
+            self._child_env["WATCHDOG_USEC"] = str(self._notifier.watchdog_usec // 2)
+
+    def _read_relay(self, now: float) -> None:
+        if self._relay is None:
+            return
+        by_pid = {slot.proc.pid: slot for slot in self._slots if slot.proc is not None}
+        while True:
+            try:
+                data, ancillary, _, _ = self._relay.recvmsg(4096, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                break
+            pids = [struct.unpack("3i", d[:12])[0] for level, kind, d in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]  # fmt: skip
+            slot = by_pid.get(pids[0]) if pids else None
+            if slot is not None:
+                lines = data.decode(errors="replace").splitlines()
+                slot.ready = "READY=1" in lines or (slot.ready and "RELOADING=1" not in lines)
+                slot.pinged = slot.pinged or "WATCHDOG=1" in lines
+        running = [slot for slot in self._slots if slot.proc is not None]
+        if self._announce and running and all(slot.ready for slot in running):
+            self._notifier.ready(f"{self._announce}: {len(running)} workers")
+            self._announce = ""
+        usec = self._notifier.watchdog_usec
+        ready = [slot for slot in running if slot.ready]
+        if usec and now - self._pinged_at >= usec / 2e6 and all(slot.pinged for slot in ready):
+            self._notifier.watchdog()
+            self._pinged_at = now
+            for slot in ready:
+                slot.pinged = False
 
     def _tend(self, slot: _Slot, now: float) -> bool:
         """Notice an exit, or start a restart that is due; False if the parent gives up."""
@@ -149,16 +242,16 @@ class Supervisor:
         # start-up waits for the worker's handler instead of killing it.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, close_fds=True)
+            proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, close_fds=True, env=self._child_env)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         assert proc.stdin is not None
         try:
-            proc.stdin.write(pickle.dumps(sys.path) + pickle.dumps((os.getpid(), self._config)))
+            proc.stdin.write(pickle.dumps(sys.path) + pickle.dumps((os.getpid(), self._config, self._recipe)))
             proc.stdin.flush()  # and left open: the worker stops when it reads EOF
         except BrokenPipeError:
             pass  # it died at once: the main loop sees the exit
-        slot.proc, slot.started, slot.restart_at = proc, time.monotonic(), None
+        slot.proc, slot.started, slot.restart_at, slot.ready, slot.pinged = proc, time.monotonic(), None, False, False
 
     def _exited(self, slot: _Slot, now: float) -> bool:
         """Schedule the restart of a worker that exited; False if the parent should give up."""
@@ -186,7 +279,8 @@ class Supervisor:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        grace = self._config.service.drain_timeout + CUT_GRACE_S + 2 * SHUTDOWN_TIMEOUT_S + STOP_MARGIN_SECONDS
+        deadline = time.monotonic() + grace
         for proc in procs:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
@@ -211,14 +305,14 @@ def child() -> None:
     life to the parent's, serve."""
     signal.signal(signal.SIGHUP, _sighup)  # until serve's event loop takes SIGHUP over
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    parent, config = pickle.load(sys.stdin.buffer)
+    parent, config, recipe = pickle.load(sys.stdin.buffer)
     armed = _parent_death_signal()
     if os.getppid() != parent:  # the parent died before the signal was armed
         sys.exit(0)
     threading.Thread(target=watch_eof, args=(sys.stdin.fileno(), None if armed else _terminate_self), daemon=True).start()
     from proxy.server import serve  # noqa: PLC0415 - see the module docstring (metrics)
 
-    sys.exit(EXIT_CANNOT_LISTEN if serve(config, reuse_port=True) else 0)  # serve fails only to listen
+    sys.exit(EXIT_CANNOT_LISTEN if serve(config, reuse_port=True, recipe=recipe) else 0)  # serve fails only to listen
 
 
 def _parent_death_signal() -> bool:
@@ -249,7 +343,7 @@ def _terminate_self() -> None:
 
 
 def _sighup(_: int, __: FrameType | None) -> None:
-    _say("SIGHUP: reload is not supported yet; ignoring (stop and start the service to apply a new configuration)")
+    sighup_before_listening()  # the worker reloads as soon as it listens
 
 
 def _say(text: str) -> None:

@@ -1,5 +1,5 @@
 """`serve --workers 2` as real processes: workers die with their parent, a worker that dies
-is replaced, SIGHUP changes nothing, and a worker that cannot start stops the service."""
+is replaced, SIGHUP reloads every worker, and a worker that cannot start stops the service."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,23 +96,36 @@ class Service:
         return self.proc.communicate(timeout=60)[0].decode()
 
 
-def start(backend: str, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+def start(backend: str, port: int, workers: int = 2, notify: str = "") -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "proxy", "serve", "--backend", backend, "--listen", f"127.0.0.1:{port}",
            "--workers", str(workers)]  # fmt: skip
-    env = {**os.environ, "OLLAMA_HOST": ""}
+    env = {**os.environ, "OLLAMA_HOST": "", **({"NOTIFY_SOCKET": notify} if notify else {})}
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
+def _received(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(4096)
+    except BlockingIOError:
+        return b""
+
+
 @pytest.fixture
-async def service(fake: FakeVLLM) -> AsyncIterator[Service]:
+async def service(fake: FakeVLLM, tmp_path: Path) -> AsyncIterator[Service]:
     port = free_port()
-    proc = start(fake.url, port)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's end of Type=notify
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    proc = start(fake.url, port, notify=str(tmp_path / "notify"))
     svc = Service(proc, port)
     try:
         await wait_until_up(f"{svc.base}/api/version", proc)
-        await until(lambda: len(svc.workers()) == 2 and all(listening(p, port) for p in svc.workers()))
+        # READY=1 comes from the parent once both workers listen: a test may then kill one.
+        await until(lambda: b"READY=1" in _received(notify))
+        assert len(svc.workers()) == 2 and all(listening(p, port) for p in svc.workers())
         yield svc
     finally:
+        notify.close()
         left = svc.workers()
         if proc.poll() is None:
             proc.kill()
@@ -131,18 +145,22 @@ async def test_sigkill_of_the_parent_takes_every_worker_down(service: Service) -
     print(f"workers gone {took:.2f} s after SIGKILL of the parent")  # the figure in the README
 
 
-async def test_sighup_is_ignored_by_parent_and_workers(service: Service) -> None:
+async def test_sighup_to_the_parent_reloads_every_worker_and_keeps_serving(service: Service) -> None:
     workers = service.workers()
+    lines: list[bytes] = []
+    assert service.proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(service.proc.stdout.readline, b"")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     service.proc.send_signal(signal.SIGHUP)
-    for pid in workers:
-        os.kill(pid, signal.SIGHUP)
     for _ in range(4):
         assert await service.chat_ok()
+    # A worker still starting when SIGHUP came reloads once it listens: both do, either way.
+    await until(lambda: sum(b'"event": "configuration reloaded"' in line for line in lines) == 2)
     assert service.proc.poll() is None
-    assert service.workers() == workers
-    output = service.output()
-    assert output.count("SIGHUP: reload is not supported yet; ignoring") == 3, output  # parent + 2 workers
-    assert not service.workers() - workers  # and nothing new was started
+    assert service.workers() == workers  # reloaded in place: nothing restarted
+    assert sum(b"reloading the configuration in every worker" in line for line in lines) == 1
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(timeout=60) == 0
 
 
 async def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(service: Service) -> None:

@@ -208,7 +208,7 @@ def test_serve_needs_a_backend_or_a_model(monkeypatch: pytest.MonkeyPatch, capsy
     from proxy import __main__, workers
 
     started: list[Config] = []
-    monkeypatch.setattr(workers, "run", lambda config: started.append(config) or 0)  # type: ignore[func-returns-value]
+    monkeypatch.setattr(workers, "run", lambda config, recipe=None: started.append(config) or 0)  # type: ignore[func-returns-value]
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     assert __main__.main(["serve"]) == 2
     assert "no backend: pass --backend URL or --model MODEL" in capsys.readouterr().err
