@@ -80,6 +80,10 @@ class Pool:
         if idle in entries:
             entries.remove(idle)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def idle_count(self, key: Key | None = None) -> int:
         return sum(len(v) for k, v in self._idle.items() if key is None or k == key)
 
