@@ -22,7 +22,7 @@ SHUTTING_DOWN = "server shutting down"
 CUT_GRACE_S = 5.0  # after the cut, how long the cancelled requests get to write their error
 # aiohttp's last step after the drain (every request has ended by then): how long it waits
 # for a handler that still runs before closing its connection.
-SHUTDOWN_TIMEOUT_S = 2.0
+SHUTDOWN_TIMEOUT_S = 0.5
 
 
 class Drain:
