@@ -20,10 +20,11 @@ from proxy.registry import Registry
 
 
 def run(config: Config, out: TextIO = sys.stdout) -> int:
-    return asyncio.run(_check(config, out))
+    return asyncio.run(report(config, out))
 
 
-async def _check(config: Config, out: TextIO) -> int:
+async def report(config: Config, out: TextIO = sys.stdout) -> int:
+    """What ``check`` prints, and its exit code."""
     problems: list[str] = []
     print(f"config {config.source}: ok", file=out)
     backends = Backends(config)

@@ -37,13 +37,16 @@ def build(config: Config, timers: Timers, previous: Generation | None = None) ->
     if previous is not None:
         backends.inherit(previous.backends)
     registry = Registry(config, backends, weights.present)
+    keepalive = KeepAlive(list(backends), config.keep_alive, timers)
+    if previous is not None:
+        keepalive.inherit(previous.keepalive)
     return Generation(
         config=config,
         backends=backends,
         registry=registry,
         router=routing.router(config.routing.strategy, config.routing.affinity),
         discovery=Discovery(registry, config.refresh_interval, timers),
-        keepalive=KeepAlive(list(backends), config.keep_alive, timers),
+        keepalive=keepalive,
         monitor=Monitor(lambda: backends, registry.replicated, config.routing.metrics_interval, timers),
     )
 

@@ -47,6 +47,13 @@ class KeepAlive:
         self._backends = {b.name: b for b in backends}
         self._locks = {name: asyncio.Lock() for name in self._states}
 
+    def inherit(self, old: KeepAlive) -> None:
+        """After a reload: the timers and locks of the sleep-mode backends both configurations
+        have, shared, so the requests still running under ``old`` restart the timer this one
+        acts on."""
+        for name in self._states.keys() & old._states.keys():
+            self._states[name], self._locks[name] = old._states[name], old._locks[name]
+
     def manages(self, backend: Backend) -> bool:
         return backend.name in self._states
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy import check
+from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM, Model, Reply
 from tests.integration.helpers import closed_port
 from tests.integration.test_supervision import port_open, until
@@ -314,3 +317,14 @@ async def test_check_validates_reaches_every_backend_and_lists_the_models(
         assert piece in out
     for piece in err_has:
         assert piece in err
+
+
+async def test_check_in_process_names_every_replica_and_the_down_backend(fake: FakeVLLM, unreachable: str) -> None:
+    config = from_mapping({"backends": [{"url": fake.url, "name": "up"}, {"url": unreachable, "name": "down"}],
+                           "timeouts": {"discovery": 2}})  # fmt: skip
+    out = StringIO()
+    assert await check.report(config, out) == 1
+    text = out.getvalue()
+    assert "backend up " in text and ": ok, 3 models" in text
+    assert "backend down " in text and "UNREACHABLE" in text
+    assert "tiny:latest  on up as 'tiny'" in text

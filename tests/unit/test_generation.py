@@ -150,3 +150,15 @@ def test_notifier_sends_one_datagram_per_call_and_survives_a_missing_socket() ->
     assert got[2][0] == "STOPPING=1" and got[3] == ["WATCHDOG=1"]
     assert notifier.ready() is False  # the socket is gone: no exception, just False
     notifier.close()
+
+
+async def test_a_sleep_mode_timer_restarted_by_an_old_request_is_the_new_generations() -> None:
+    fake = FakeTimers()
+    sleepy = {"backends": [{"url": "http://127.0.0.1:1/a", "name": "a", "sleep_mode": True}]}
+    live = Live(build(from_mapping(sleepy), fake.timers()))
+    engine = Engine(live, fake.timers())
+    old = live.current
+    new = await engine.reload(from_mapping(sleepy))
+    old.keepalive.end(old.backends["a"], 5.0)  # a request that began before the reload ends
+    assert new.keepalive.expires_at(new.backends["a"]) == 5.0
+    await engine.close()
