@@ -134,21 +134,25 @@ class _Reloads:
     async def _reload(self) -> None:
         async with self._lock:
             self._notifier.reloading()
-            running = self._app[LIVE].current.config
             try:
-                if self._recipe is None:
-                    raise ConfigError("this process was not started from a command line; nothing to reload from")
-                new = self._recipe.build(os.environ)
-            except ConfigError as exc:
-                log.error("reload failed: keeping the running configuration", error=str(exc))
+                await self._apply()
+            except Exception as exc:  # noqa: BLE001 - a failed reload must never leave systemd "reloading"
+                if isinstance(exc, ConfigError):
+                    log.error("reload failed: keeping the running configuration", error=str(exc))
+                else:
+                    log.exception("reload failed: keeping the running configuration", error=str(exc))
                 self._notifier.ready(f"reload failed: {exc}")
-                return
-            applied, waiting = merge(running, new)
-            logs.add_secrets(applied.secrets())
-            await reload(self._app, applied)
-            log.info("configuration reloaded", source=applied.source, backends=len(applied.backends),
-                     models=len(self._app[LIVE].current.registry.models()), restart_needed=waiting)  # fmt: skip
-            self._notifier.ready(_status(self._app))
+            else:
+                self._notifier.ready(_status(self._app))
+
+    async def _apply(self) -> None:
+        if self._recipe is None:
+            raise ConfigError("this process was not started from a command line; nothing to reload from")
+        applied, waiting = merge(self._app[LIVE].current.config, self._recipe.build(os.environ))
+        logs.add_secrets(applied.secrets())
+        await reload(self._app, applied)
+        log.info("configuration reloaded", source=applied.source, backends=len(applied.backends),
+                 models=len(self._app[LIVE].current.registry.models()), restart_needed=waiting)  # fmt: skip
 
 
 def _status(app: web.Application) -> str:
