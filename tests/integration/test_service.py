@@ -182,22 +182,6 @@ async def test_notify_ready_watchdog_reloading_stopping_in_order(
     assert any(line.startswith("STATUS=") for line in notify.lines)
 
 
-async def test_without_notify_socket_nothing_is_sent(fake: FakeVLLM, tmp_path: Path, notify: NotifySocket) -> None:
-    proxy = Proxy(tmp_path, notify)
-    proxy.write([fake.url])
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(proxy.config), "--listen", f"127.0.0.1:{proxy.port}"]
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | {"OLLAMA_HOST": ""}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        await until(lambda: port_open(proxy.port))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert notify.states(watchdog=True) == []
-
-
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 async def test_sigterm_lets_a_stream_in_flight_finish_and_refuses_new_connections(
     fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy], workers: int
