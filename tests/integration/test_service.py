@@ -24,7 +24,7 @@ from proxy import check
 from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM, Model, Reply
 from tests.integration.helpers import closed_port
-from tests.integration.test_supervision import port_open, until
+from tests.integration.test_supervision import alive, descendants, port_open, until
 from tests.integration.test_workers_and_overload import REPO, free_port
 
 STATES = ("READY=1", "RELOADING=1", "STOPPING=1", "WATCHDOG=1")
@@ -180,6 +180,24 @@ async def test_notify_ready_watchdog_reloading_stopping_in_order(
     assert await proxy.exit_code() == 0
     assert notify.states() == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
     assert any(line.startswith("STATUS=") for line in notify.lines)
+
+
+async def test_a_stuck_worker_stops_the_services_watchdog_pings(
+    fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy]
+) -> None:
+    proxy = await _up(proxies, tmp_path, notify, [fake.url], workers=2, watchdog_usec=200_000)
+    await notify.until("WATCHDOG=1", 2)
+    assert proxy.proc is not None
+    stuck = min(alive(descendants(proxy.proc.pid)))
+    os.kill(stuck, signal.SIGSTOP)  # its event loop stops, as a stuck one would
+    try:
+        await asyncio.sleep(0.3)  # a ping already under way may still arrive
+        pings = notify.states(watchdog=True).count("WATCHDOG=1")
+        await asyncio.sleep(0.5)  # five parent intervals: systemd would now see silence
+        assert notify.states(watchdog=True).count("WATCHDOG=1") == pings
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    await notify.until("WATCHDOG=1", pings + 2)  # it runs again: so do the pings
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
