@@ -238,7 +238,7 @@ async def test_sighup_reload_keeps_the_stream_in_flight_and_serves_the_new_backe
     other = FakeVLLM({"other": Model()})
     await other.start()
     try:
-        text = _slow(fake, tokens=30, delay_s=0.03)
+        text = _slow(fake, tokens=60, delay_s=0.03)  # 1.8 s: longer than the reload takes
         proxy = await _up(proxies, tmp_path, notify, [fake.url])
         assert "other:latest" not in await proxy.tags()
         async with Stream(proxy) as stream:
