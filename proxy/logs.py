@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import structlog
@@ -54,7 +54,7 @@ def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] =
 
 
 class _Scrubber:
-    def __init__(self, secrets: list[str]) -> None:
+    def __init__(self, secrets: Sequence[str]) -> None:  # the list configure() keeps: a reload extends it
         self._secrets = secrets
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -62,7 +62,7 @@ class _Scrubber:
 
 
 class _ScrubbingFormatter(logging.Formatter):
-    def __init__(self, secrets: list[str], fmt: str) -> None:
+    def __init__(self, secrets: Sequence[str], fmt: str) -> None:
         super().__init__(fmt)
         self._secrets = secrets
 

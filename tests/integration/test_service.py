@@ -258,6 +258,23 @@ async def test_sighup_reload_keeps_the_stream_in_flight_and_serves_the_new_backe
         await other.stop()
 
 
+async def test_sighup_applies_new_api_keys_to_the_next_request(
+    fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy]
+) -> None:
+    proxy = await _up(proxies, tmp_path, notify, [fake.url])
+    assert "tiny:latest" in await proxy.tags()  # no keys: open
+    proxy.write([fake.url], api_keys='[{name: alice, key: "reloaded-key-1234"}]')
+    proxy.signal(signal.SIGHUP)
+    await notify.until("READY=1", 2)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{proxy.base}/api/tags") as reply:
+            assert reply.status == 401
+        headers = {"Authorization": "Bearer reloaded-key-1234"}
+        async with session.get(f"{proxy.base}/api/tags", headers=headers) as reply:
+            assert reply.status == 200
+    assert "reloaded-key-1234" not in proxy.log.read_text()
+
+
 @pytest.mark.parametrize(
     ("bad", "workers"),
     [
