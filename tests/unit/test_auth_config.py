@@ -158,7 +158,7 @@ def test_warning_when_open_to_the_network(listen: str, keys: bool, warned: bool)
 def test_serve_warns_once_at_start(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from proxy import __main__, workers
 
-    monkeypatch.setattr(workers, "run", lambda config: 0)
+    monkeypatch.setattr(workers, "run", lambda config, recipe=None: 0)
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     assert __main__.main(["serve", "--backend", "http://127.0.0.1:8000", "--listen", "0.0.0.0:11434"]) == 0
     err = capsys.readouterr().err
