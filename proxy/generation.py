@@ -39,6 +39,7 @@ def build(config: Config, timers: Timers, previous: Generation | None = None) ->
     registry = Registry(config, backends, weights.present)
     keepalive = KeepAlive(list(backends), config.keep_alive, timers)
     if previous is not None:
+        registry.inherit(previous.registry)
         keepalive.inherit(previous.keepalive)
     return Generation(
         config=config,

@@ -88,6 +88,20 @@ class Registry:
         self._rebuild()
         return new
 
+    def inherit(self, old: Registry) -> None:
+        """After a reload: what ``old`` learned of the backends and managed models both
+        configurations have with the same settings (listing, probed capabilities, first-seen
+        times), so a reload neither probes every model again nor changes its ``modified_at``."""
+        for name, state in self._states.items():
+            before = old._states.get(name)
+            if before is not None and before.config == state.config:
+                state.up, state.error, state.cards = before.up, before.error, dict(before.cards)
+                state.capabilities, state.seen_ns = dict(before.capabilities), dict(before.seen_ns)
+        for key, (entry, state) in self._managed.items():
+            if key in old._managed and old._managed[key][0] == entry:
+                state.cards = dict(old._managed[key][1].cards)
+        self._rebuild()
+
     def update_managed(self, name: str, cards: list[dict[str, Any]]) -> None:
         """What a managed model's running vLLM listed (its ``max_model_len``)."""
         entry, state = self._managed[str(names.key(name))]

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from proxy import check
+from proxy.app import create_app, reload
 from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM, Model, Reply
 from tests.integration.helpers import closed_port
@@ -350,3 +351,18 @@ async def test_check_in_process_names_every_replica_and_the_down_backend(fake: F
     assert "backend up " in text and ": ok, 3 models" in text
     assert "backend down " in text and "UNREACHABLE" in text
     assert "tiny:latest  on up as 'tiny'" in text
+
+
+async def test_a_reload_neither_probes_known_models_again_nor_changes_their_modified_at(
+    aiohttp_client: Any, fake: FakeVLLM, make_config: Any
+) -> None:
+    app = create_app(make_config())
+    client = await aiohttp_client(app)
+    before = (await (await client.get("/api/tags")).json())["models"]
+    probes = len(fake.requests)
+    await reload(app, make_config(keep_alive="10m"))  # the same backend, something else changed
+    assert len(fake.requests) == probes  # only the listing: no capability probe sent again
+    after = (await (await client.get("/api/tags")).json())["models"]
+    assert after == before
+    reply = await client.post("/api/show", json={"model": "llava"})
+    assert "vision" in (await reply.json())["capabilities"]  # what the probes learned is kept
