@@ -233,14 +233,15 @@ async def test_past_drain_timeout_a_stream_ends_with_one_error_line_and_exit_0(
     await until(lambda: fake.active == 0)  # the upstream stream was closed too
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 async def test_sighup_reload_keeps_the_stream_in_flight_and_serves_the_new_backend(
-    fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy]
+    fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy], workers: int
 ) -> None:
     other = FakeVLLM({"other": Model()})
     await other.start()
     try:
         text = _slow(fake, tokens=60, delay_s=0.03)  # 1.8 s: longer than the reload takes
-        proxy = await _up(proxies, tmp_path, notify, [fake.url])
+        proxy = await _up(proxies, tmp_path, notify, [fake.url], workers=workers)
         assert "other:latest" not in await proxy.tags()
         async with Stream(proxy) as stream:
             proxy.write([fake.url, other.url])
@@ -251,8 +252,8 @@ async def test_sighup_reload_keeps_the_stream_in_flight_and_serves_the_new_backe
             lines = await stream.rest()
         assert "".join(line["message"]["content"] for line in lines) == text
         assert lines[-1]["done"] is True and "error" not in lines[-1]
-        [reloaded] = proxy.events("configuration reloaded")
-        assert reloaded["backends"] == 2
+        reloaded = proxy.events("configuration reloaded")
+        assert len(reloaded) == workers and all(r["backends"] == 2 for r in reloaded)  # each worker once
         async with Stream(proxy, "other") as chat:  # the new backend, over the new generation's pool
             assert (await chat.rest())[-1]["done"] is True
     finally:
