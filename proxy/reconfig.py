@@ -4,7 +4,7 @@ and what a reload applies.
 A reload applies the backends, the non-managed models and aliases, the timeouts, limits
 and everything handlers read per request. What a running process cannot change keeps its
 start-up value until the next restart, and the reload names it in its log line: the
-listen address, the worker count, the event loop, logging, CORS origins, and the managed
+listen address, the worker count, the event loop, logging, CORS origins, ``metrics_listen``, and the managed
 models (``launch:`` entries, the ``catalog:`` library, and the ``vllm_python``/``max_loaded``/``max_queue``/
 ``load_timeout`` their scheduler was built with), since their vLLM processes and
 scheduler outlive a reload.
@@ -33,7 +33,7 @@ def take_early_sighup() -> bool:
 
 
 RESTART_ONLY = ("listen", "workers", "event_loop", "log_level", "log_format", "origins", "vllm_python",
-                "max_loaded", "max_queue", "load_timeout", "library")  # fmt: skip
+                "max_loaded", "max_queue", "load_timeout", "library", "metrics")  # fmt: skip
 
 
 @dataclass(frozen=True)
