@@ -258,6 +258,7 @@ class Backends:
             before = old._by_name.get(name)
             if before is not None and before.config == backend.config:
                 backend.health, backend.latency_ms = before.health, before.latency_ms
+                metrics.backend_up(name, backend.health.up)
 
     def at(self, template: BackendConfig, url: str) -> Backend:
         """The backend at ``url`` (a managed model's running vLLM), made once."""

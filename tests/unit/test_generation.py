@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from proxy.config import from_mapping
 from proxy.generation import RETIRE_POLL_S, Engine, build
@@ -162,4 +163,17 @@ async def test_a_sleep_mode_timer_restarted_by_an_old_request_is_the_new_generat
     new = await engine.reload(from_mapping(sleepy))
     old.keepalive.end(old.backends["a"], 5.0)  # a request that began before the reload ends
     assert new.keepalive.expires_at(new.backends["a"]) == 5.0
+    await engine.close()
+
+
+async def test_a_reload_keeps_the_backend_up_gauge_of_a_backend_that_is_out() -> None:
+    fake = FakeTimers()
+    live = Live(build(_config("a"), fake.timers()))
+    engine = Engine(live, fake.timers())
+    old = live.current
+    for _ in range(5):
+        old.backends["a"].health.failed(fake.now, "refused", hard=True)
+    assert not old.backends["a"].health.up
+    await engine.reload(from_mapping({"backends": [{"url": old.backends["a"].config.url, "name": "a"}]}))
+    assert REGISTRY.get_sample_value("ollama_proxy_backend_up", {"backend": "a"}) == 0.0
     await engine.close()
