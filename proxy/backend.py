@@ -252,12 +252,14 @@ class Backends:
         return sum(b.load.inflight for b in (*self._by_name.values(), *self._leased.values()))
 
     def inherit(self, old: Backends) -> None:
-        """Keep what ``old`` learned (health, latency) about the servers it shares with
-        these by name and settings: a reload must not forget that a server is out."""
+        """Keep what ``old`` learned (health, latency, vLLM's batch size) about the servers
+        it shares with these by name and settings: a reload must not forget that a server is
+        out, nor the fair-turn limit its /server_info gave."""
         for name, backend in self._by_name.items():
             before = old._by_name.get(name)
             if before is not None and before.config == backend.config:
                 backend.health, backend.latency_ms = before.health, before.latency_ms
+                backend.max_num_seqs, backend._asked_batch = before.max_num_seqs, before._asked_batch
                 metrics.backend_up(name, backend.health.up)
 
     def at(self, template: BackendConfig, url: str) -> Backend:

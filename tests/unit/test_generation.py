@@ -34,6 +34,7 @@ async def test_reload_swaps_a_whole_generation_and_retires_the_old_pool_after_it
     await engine.start()
     old = live.current
     old.backends["a"].load.inflight = 1  # a stream of the old generation still runs
+    old.backends["a"].max_num_seqs = 8  # what its /server_info said (the fair-turn limit)
     second = from_mapping({"backends": [{"url": old.backends["a"].config.url, "name": "a"},
                                         {"url": "http://127.0.0.1:1/b", "name": "b"}]})  # fmt: skip
     new = await engine.reload(second)
@@ -41,6 +42,7 @@ async def test_reload_swaps_a_whole_generation_and_retires_the_old_pool_after_it
     assert [s.config.name for s in new.registry.backends] == ["a", "b"]
     assert new.backends["a"] is not old.backends["a"] and new.backends.pool is not old.backends.pool
     assert new.backends["a"].health is old.backends["a"].health  # what it learned is kept
+    assert new.backends["a"].max_num_seqs == 8 and new.backends["b"].max_num_seqs is None
     await fake.advance(RETIRE_POLL_S)
     assert not old.backends.pool.closed  # its stream still holds a connection
     old.backends["a"].load.inflight = 0
