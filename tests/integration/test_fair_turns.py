@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.fairness import MODES, scenario
 from proxy.app import create_app
 from proxy.config import from_mapping
-from proxy.state import ADMISSION, BACKENDS
+from proxy.state import ADMISSION, LIVE
 from proxy.timers import SYSTEM, Timers
 from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM
@@ -176,7 +176,7 @@ async def test_a_failover_gives_the_turn_back_and_takes_one_on_the_replica(start
 async def test_the_limit_defaults_to_vllms_max_num_seqs(proxy: Any, fake: FakeVLLM, user_a: Any) -> None:
     fake.dev_mode, fake.max_num_seqs, fake.stall = True, 2, True
     base, app = await proxy()
-    await until(lambda: app[BACKENDS]["fake"].max_num_seqs == 2, "the backend's /server_info to be read")
+    await until(lambda: app[LIVE].current.backends["fake"].max_num_seqs == 2, "the backend's /server_info to be read")
     tasks = [asyncio.create_task(user_a.post(f"{base}/api/chat", json=CHAT)) for _ in range(3)]
     await until(lambda: queued(app) == 1, "the third request to queue")
     assert app[ADMISSION].snapshot()["fake"].in_flight == 2
@@ -192,7 +192,7 @@ async def test_without_server_info_the_limit_is_the_documented_default(proxy: An
     async with user_a.post(f"{base}/api/chat", json={**CHAT, "stream": False}) as response:
         assert response.status == 200
     assert fake.server_info_calls == 1  # asked once, answered 404: vLLM not in dev mode
-    assert app[BACKENDS]["fake"].max_num_seqs is None
+    assert app[LIVE].current.backends["fake"].max_num_seqs is None
     assert app[ADMISSION].snapshot()["fake"].in_flight == 0
 
 
