@@ -44,7 +44,7 @@ def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] =
     structlog.configure(
         processors=[*shared, _Scrubber(_SECRETS), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),  # one write per line: workers share the pipe
         cache_logger_on_first_use=True,
     )
     # aiohttp's own loggers: warnings and errors only; the canonical line replaces access logs.

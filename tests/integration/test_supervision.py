@@ -4,6 +4,7 @@ is replaced, SIGHUP reloads every worker, and a worker that cannot start stops t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -159,6 +160,9 @@ async def test_sighup_to_the_parent_reloads_every_worker_and_keeps_serving(servi
     assert service.proc.poll() is None
     assert service.workers() == workers  # reloaded in place: nothing restarted
     assert sum(b"reloading the configuration in every worker" in line for line in lines) == 1
+    for line in lines:  # the workers share one pipe: each writes whole lines, never interleaved
+        if line.startswith(b"{"):
+            json.loads(line)
     service.proc.send_signal(signal.SIGTERM)
     assert service.proc.wait(timeout=60) == 0
 
