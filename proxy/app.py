@@ -27,7 +27,13 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     """``launcher`` starts managed models' processes and ``timers`` run discovery and
     keep-alive (tests pass fake ones)."""
     cors = Cors(config.origins)
-    app = web.Application(middlewares=[canonical, auth.identify, cors.middleware, inflight_cap()], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[canonical, auth.identify, cors.middleware, inflight_cap()],
+        client_max_size=MAX_BODY_BYTES,
+        # proxy/body.py inflates gzip/deflate itself, bounded, and answers any other coding
+        # with a JSON 400; aiohttp's parser would answer those with plain text.
+        handler_args={"auto_decompress": False},
+    )
     app.on_response_prepare.append(cors.on_prepare)
     app[LIVE] = live = Live(generation.build(config, timers))
     app[ENGINE] = Engine(live, timers)

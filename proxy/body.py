@@ -2,11 +2,15 @@
 
 * A ``Content-Length`` over ``MAX_BODY_BYTES`` is refused before a byte is read; a chunked
   body is counted while it is read and refused as soon as it passes the limit.
-* A compressed body (``Content-Encoding: gzip``/``deflate``; aiohttp inflates it as a
-  stream, a window at a time) may inflate to ``INFLATE_RATIO`` times the bytes that came
-  over the wire, at least ``INFLATE_FLOOR`` bytes, never more than ``MAX_BODY_BYTES``:
-  a gzip bomb stops after a few MiB instead of filling the limit.
-* Data that does not decode as its ``Content-Encoding`` says is the client's fault: 400.
+* A compressed body (``Content-Encoding: gzip``/``deflate``) is inflated here, as it
+  arrives, never more than the room left under the limit at a time (aiohttp's own
+  decompression is off, see proxy/app.py: it answers a plain-text 400 for encodings it
+  cannot decode and for some truncated deflate before the application sees the request).
+  It may inflate to ``INFLATE_RATIO`` times the bytes that came over the wire, at least
+  ``INFLATE_FLOOR`` bytes, never more than ``MAX_BODY_BYTES``: a gzip bomb stops after a
+  few MiB instead of filling the limit.
+* Data that does not decode as its ``Content-Encoding`` says, or an encoding other than
+  gzip, deflate and identity, is the client's fault: 400 naming Content-Encoding.
 * JSON nested deeper than ``MAX_JSON_DEPTH`` is refused at parse time; orjson itself
   parses up to 1024 levels but serialises at most 254, so a deeper value forwarded to
   vLLM would fail on the way out.
@@ -14,6 +18,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -28,6 +33,7 @@ MAX_BODY_BYTES = 256 * MIB
 INFLATE_RATIO = 100  # JSON text rarely compresses past 20:1; a gzip bomb reaches ~1000:1
 INFLATE_FLOOR = 16 * MIB
 MAX_JSON_DEPTH = 128
+ENCODINGS = ("gzip", "x-gzip", "deflate")  # besides identity; RFC 9110 §8.4.1 names x-gzip an alias of gzip
 
 
 async def read_body(request: web.Request) -> bytearray:
@@ -35,27 +41,91 @@ async def read_body(request: web.Request) -> bytearray:
     declared = request.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise too_large(f"Content-Length {declared} is over the {MAX_BODY_BYTES // MIB} MiB limit")
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
-    compressed = encoding not in ("", "identity")
+    encoding = _encoding(request.headers.get(hdrs.CONTENT_ENCODING, ""))
+    inflater = Inflater(encoding) if encoding else None
     stream = request.content
     body = bytearray()
+    wire = 0
     try:
         while chunk := await stream.readany():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise too_large(f"the body is over the {MAX_BODY_BYTES // MIB} MiB limit")
-            if compressed and len(body) > INFLATE_FLOOR:
-                wire = stream.total_raw_bytes
-                if len(body) > INFLATE_RATIO * wire:
-                    raise too_large(
-                        f"the {encoding} body inflates to more than {INFLATE_RATIO} times its {wire} bytes on the wire"
-                    )
+            wire += len(chunk)
+            if inflater is None:
+                body += chunk
+            else:
+                body += inflater.feed(chunk, _room(body, wire))
+            _check_size(body, wire, encoding)
     except RequestPayloadError as exc:
         cause = exc.__cause__
-        if compressed and cause is not None and "content-encoding" in str(cause).lower():
-            raise errors.BadRequest(f"invalid request body: not valid {encoding} data (Content-Encoding: {encoding})") from None
         raise errors.BadRequest(f"invalid request body: {cause or exc}".strip()) from None
+    if inflater is not None:
+        inflater.finish()
     return body
+
+
+def _encoding(header: str) -> str:
+    """The one content coding to undo ("" for none), or a 400 naming the header."""
+    codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+    if not codings:
+        return ""
+    if len(codings) > 1 or codings[0] not in ENCODINGS:
+        raise errors.BadRequest(
+            f"unsupported Content-Encoding: {header.strip()} (the proxy decodes gzip, deflate or identity, one at a time)"
+        )
+    return "gzip" if codings[0] == "x-gzip" else codings[0]
+
+
+def _room(body: bytearray, wire: int) -> int:
+    """How many more inflated bytes may come out before the body is certainly too large."""
+    return max(1, min(MAX_BODY_BYTES, max(INFLATE_FLOOR, INFLATE_RATIO * wire)) - len(body) + 1)
+
+
+def _check_size(body: bytearray, wire: int, encoding: str) -> None:
+    if len(body) > MAX_BODY_BYTES:
+        raise too_large(f"the body is over the {MAX_BODY_BYTES // MIB} MiB limit")
+    if encoding and len(body) > INFLATE_FLOOR and len(body) > INFLATE_RATIO * wire:
+        raise too_large(f"the {encoding} body inflates to more than {INFLATE_RATIO} times its {wire} bytes on the wire")
+
+
+class Inflater:
+    """gzip (several members allowed, as ``cat a.gz b.gz`` makes) or deflate (zlib-wrapped,
+    as RFC 9110 says, or raw, as some clients send it), a bounded piece at a time."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._zlib: Any = None
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """At most ``room`` inflated bytes of ``data``; input left over once they are out
+        is dropped, since that many bytes already make the body too large."""
+        if self._zlib is None:
+            raw_deflate = self.encoding == "deflate" and data[0] & 0x0F != 8  # no zlib header (RFC 1950: CM = 8)
+            self._zlib = self._new(raw_deflate)
+        out = bytearray()
+        try:
+            while data and len(out) < room:
+                if self._zlib.eof:
+                    if self.encoding != "gzip":
+                        raise self._bad("data after the end of the deflate stream")
+                    self._zlib = self._new(False)  # the next gzip member
+                out += self._zlib.decompress(data, room - len(out))
+                data = self._zlib.unconsumed_tail or self._zlib.unused_data
+        except zlib.error:
+            raise self._bad("not valid") from None
+        return bytes(out)
+
+    def finish(self) -> None:
+        """At the end of the body: a stream cut short is a 400."""
+        if self._zlib is not None and not self._zlib.eof:
+            raise self._bad("truncated")
+
+    def _new(self, raw_deflate: bool) -> Any:
+        if raw_deflate:
+            return zlib.decompressobj(-zlib.MAX_WBITS)
+        return zlib.decompressobj(zlib.MAX_WBITS | (16 if self.encoding == "gzip" else 0))
+
+    def _bad(self, what: str) -> errors.BadRequest:
+        detail = f"{what} {self.encoding} data" if what in ("not valid", "truncated") else what
+        return errors.BadRequest(f"invalid request body: {detail} (Content-Encoding: {self.encoding})")
 
 
 def too_large(detail: str) -> errors.PayloadTooLarge:

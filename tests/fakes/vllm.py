@@ -107,6 +107,9 @@ class FakeVLLM:
             return None, self.error(400, "Unsupported Media Type: Only 'application/json' is allowed")
         body = await request.json()
         self.requests.append((request.path, body))
+        invalid = _invalid_field(body)
+        if invalid:
+            return None, self.error(400, invalid)
         if self.fail_next:
             status, message = self.fail_next
             self.fail_next = None
@@ -168,6 +171,8 @@ class FakeVLLM:
         if err:
             return err
         assert body is not None
+        if "input" not in body:
+            return self.error(400, "[{'type': 'missing', 'loc': ('body', 'input'), 'msg': 'Field required'}]")
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"index": i, "object": "embedding", "embedding": fake_vector(text)} for i, text in enumerate(inputs)]
         tokens = sum(len(t.split()) + 2 for t in inputs)
@@ -351,6 +356,48 @@ def fake_vector(text: str, dims: int = 8) -> list[float]:
 def token_ids(text: str) -> list[int]:
     """Deterministic fake token ids: one per whitespace-separated word."""
     return [100 + sum(word.encode()) % 900 for word in text.split()] or [1]
+
+
+# The request fields the fake reads, typed as vLLM's pydantic request models type them
+# (vllm/entrypoints/openai/protocol.py): a wrong type is vLLM's 400 validation error.
+_INT, _NUMBER, _BOOL, _LIST, _DICT = "integer", "number", "boolean", "list", "dictionary"
+_FIELD_TYPES = {"model": "string", "messages": _LIST, "max_tokens": _INT, "max_completion_tokens": _INT, "n": _INT,
+                "seed": _INT, "dimensions": _INT, "temperature": _NUMBER, "top_p": _NUMBER, "stream": _BOOL,
+                "echo": _BOOL, "stream_options": _DICT, "tools": _LIST}  # fmt: skip
+
+
+def _invalid_field(body: Any) -> str | None:
+    """Pydantic's validation text for the first field of the wrong type, as vLLM answers it."""
+    if not isinstance(body, dict):
+        return "[{'type': 'model_attributes_type', 'loc': ('body',), 'msg': 'Input should be a valid dictionary or object'}]"
+    for key, kind in _FIELD_TYPES.items():
+        value = body.get(key)
+        if value is None or _is_a(value, kind):
+            continue
+        return f"[{{'type': '{kind}_type', 'loc': ('body', '{key}'), 'msg': 'Input should be a valid {kind}'}}]"
+    messages = body.get("messages") or []
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        return "[{'type': 'dict_type', 'loc': ('body', 'messages', 0), 'msg': 'Input should be a valid dictionary'}]"
+    for key in ("prompt", "input"):  # str | list[str] | list[int] | list[list[int]]
+        if key in body and not _is_prompt(body[key]):
+            return f"[{{'type': 'string_type', 'loc': ('body', '{key}'), 'msg': 'Input should be a valid string'}}]"
+    return None
+
+
+def _is_prompt(value: Any) -> bool:
+    def ids(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+    return isinstance(value, str) or ids(value) or (isinstance(value, list) and all(isinstance(v, str) or ids(v) for v in value))
+
+
+def _is_a(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return kind == _BOOL
+    if kind == _INT:
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    types = {"string": str, _NUMBER: int | float, _LIST: list, _DICT: dict}
+    return kind in types and isinstance(value, types[kind])
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
