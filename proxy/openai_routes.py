@@ -72,12 +72,25 @@ async def _forward(request: web.Request, route: Route, name: str, body: dict[str
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise errors.bad_stream(f"vLLM backend {route.backend.name} sent a body that is not JSON") from None
-        if isinstance(data, dict) and "model" in data:
-            data["model"] = name
         if isinstance(data, dict):
             record_usage(request[CONTEXT], data.get("usage"))
-        return json_response(data)
+        return _renamed_reply(raw, data, rename, name, route.backend.name)
     return await _relay_sse(request, upstream, rename)
+
+
+def _renamed_reply(raw: bytes, data: Any, rename: _Rename, name: str, backend: str) -> web.Response:
+    """vLLM's JSON reply ``raw`` (parsed: ``data``) as it sent it (integers past 64 bits,
+    deep nesting and all), with the client's model name."""
+    if not isinstance(data, dict) or "model" not in data:
+        return web.Response(body=raw, content_type="application/json", charset="utf-8")
+    renamed = rename(raw)
+    if renamed != raw or data["model"] == name:
+        return web.Response(body=renamed, content_type="application/json", charset="utf-8")
+    data["model"] = name  # not vLLM's compact JSON: render it again
+    try:
+        return json_response(data)
+    except orjson.JSONEncodeError as exc:
+        raise errors.bad_stream(f"vLLM backend {backend} sent JSON the proxy cannot relay: {exc}") from None
 
 
 for _path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
