@@ -22,7 +22,7 @@ from proxy.translate import embed as embed_t
 from proxy.translate import fields
 from proxy.translate import models as models_t
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
-from proxy.translate.common import keep_alive_seconds, with_system
+from proxy.translate.common import MAX_KEEP_ALIVE_S, keep_alive_seconds, with_system
 from proxy.translate.generate import (
     GenerateStreamTranslator,
     to_openai_context_tokenize_request,
@@ -53,17 +53,19 @@ async def tags(request: web.Request) -> web.Response:
 @routes.get("/api/ps")
 async def ps(request: web.Request) -> web.Response:
     # Without sleep mode vLLM keeps its model loaded until the server stops: reported as
-    # loaded forever, as Ollama does for keep_alive < 0 (about 292 years ahead).
+    # loaded forever, as Ollama does for keep_alive < 0 (Go's longest duration, ≈ 292 years
+    # ahead), which is also as far as any keep_alive reaches.
     keepalive = live(request).keepalive
     now = datetime.now(UTC)
-    forever = now + timedelta(days=365 * 292)
+    forever = now + timedelta(seconds=MAX_KEEP_ALIVE_S)
     loaded_models = []
     for route in live(request).registry.running_routes():
         awake = [b for b in route.replicas if not keepalive.is_asleep(b)]
         if not awake:
             continue
         remaining = [keepalive.expires_at(b) for b in awake]
-        expires = forever if None in remaining else now + timedelta(seconds=max(r for r in remaining if r is not None))
+        left = None if None in remaining else min(MAX_KEEP_ALIVE_S, max(r for r in remaining if r is not None))
+        expires = forever if left is None else now + timedelta(seconds=left)
         loaded_models.append((route.facts, expires.isoformat(), route.facts.size, tuple(b.name for b in awake)))
     if MANAGED in request.app:
         loaded_models += await managed_ps(request.app[MANAGED], live(request).registry, forever)

@@ -75,7 +75,8 @@ async def managed_ps(managed: Host, registry: Registry, forever: datetime) -> li
         route = registry.resolve(model.name)
         if route is None:
             continue
-        expires = forever if model.expires_at is None else datetime.fromtimestamp(model.expires_at, UTC)
+        at = model.expires_at
+        expires = forever if at is None or at >= forever.timestamp() else datetime.fromtimestamp(at, UTC)
         memory = device_memory(model.device)
         vram = int(model.share * memory) if memory else route.facts.size
         rows.append((route.facts, expires.isoformat(), vram, (route.backend.name,)))

@@ -101,15 +101,22 @@ _UNIT = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# Go's time.Duration is int64 nanoseconds, so Ollama keeps a model at most this long
+# (≈ 292 years); a negative keep_alive is that maximum (api/types.go, Duration.UnmarshalJSON).
+MAX_KEEP_ALIVE_S = (2**63 - 1) / 1e9
+
+
 def keep_alive_seconds(value: Any) -> float | None:
     """Ollama ``keep_alive``: a number of seconds or a Go duration string; negative means
-    forever (returned as ``math.inf``); ``None`` when absent (Ollama's api/types.go, Duration)."""
+    forever (returned as ``math.inf``); ``None`` when absent (Ollama's api/types.go, Duration).
+    A number past Go's longest duration is that duration; a duration string past it is
+    Go's ``time.ParseDuration`` error."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise BadRequest("json: cannot unmarshal bool into Go struct field of type api.Duration")
     if isinstance(value, int | float):
-        return math.inf if value < 0 else float(value)
+        return math.inf if value < 0 else float(min(value, MAX_KEEP_ALIVE_S))
     if not isinstance(value, str):
         raise BadRequest("json: cannot unmarshal keep_alive into Go struct field of type api.Duration")
     if value in ("0", "+0", "-0"):
@@ -120,6 +127,8 @@ def keep_alive_seconds(value: Any) -> float | None:
             raise BadRequest(f'time: missing unit in duration "{value}"')
         raise BadRequest(f'time: invalid duration "{value}"')
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _UNIT.findall(match.group(2)))
+    if seconds > MAX_KEEP_ALIVE_S:
+        raise BadRequest(f'time: invalid duration "{value}"')  # Go's overflow error
     return math.inf if match.group(1) == "-" and seconds > 0 else seconds
 
 

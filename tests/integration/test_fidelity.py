@@ -107,6 +107,28 @@ async def test_ps_reports_the_keep_alive_timer(sleepy: Any, coder: FakeVLLM) -> 
     assert 590 < left <= 600
 
 
+@pytest.mark.parametrize(
+    "keep_alive",
+    [pytest.param(1e18, id="1e18 seconds"), pytest.param(10**30, id="10**30 seconds"), pytest.param(-1, id="forever"),
+     pytest.param("2562047h", id="Go's longest duration string")],
+)  # fmt: skip
+async def test_ps_shows_a_huge_keep_alive_as_ollamas_longest(sleepy: Any, keep_alive: Any) -> None:
+    from datetime import datetime
+
+    reply = await sleepy.post("/api/chat", json={**CHAT, "keep_alive": keep_alive})
+    assert reply.status == 200
+    ps = await sleepy.get("/api/ps")
+    assert ps.status == 200
+    expiry = {m["name"]: datetime.fromisoformat(m["expires_at"]) for m in (await ps.json())["models"]}
+    years = (expiry["plain:latest"] - datetime.now(UTC)).days / 365.25
+    assert 291.9 < years < 292.5  # Go's time.Duration maximum, as Ollama shows keep_alive -1
+
+
+async def test_a_duration_string_past_gos_longest_is_gos_400(sleepy: Any) -> None:
+    reply = await sleepy.post("/api/chat", json={**CHAT, "keep_alive": "3000000h"})
+    assert (reply.status, await reply.json()) == (400, {"error": 'time: invalid duration "3000000h"'})
+
+
 async def test_keep_alive_timer_sleeps_an_idle_backend_when_it_runs_out(aiohttp_client: Any, coder: FakeVLLM) -> None:
     clock = FakeTimers()
     config = from_mapping({"backends": [{"url": coder.url, "name": "b", "sleep_mode": True}]})

@@ -100,6 +100,16 @@ async def test_keep_alive_forever_shows_far_expiry(start: Start) -> None:
     assert loaded["expires_at"].startswith("23")
 
 
+@pytest.mark.parametrize("keep_alive", [pytest.param(1e18, id="1e18 seconds"), pytest.param(10**30, id="10**30 seconds")])
+async def test_a_huge_keep_alive_shows_as_ollamas_longest_not_an_error(start: Start, keep_alive: float) -> None:
+    client = await start()
+    await client.post("/api/generate", json={"model": "alpha:1b", "keep_alive": keep_alive})
+    ps = await client.get("/api/ps")
+    assert ps.status == 200
+    (loaded,) = (await ps.json())["models"]
+    assert loaded["expires_at"].startswith("23")  # ≈ 292 years ahead, as for keep_alive -1
+
+
 async def test_a_failed_start_is_an_ollama_error_with_vllms_log(start: Start, launcher: FakeLauncher) -> None:
     launcher.fail["org/alpha"] = "vLLM exited with code 1"
     client = await start()

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.errors import BackendError, BadRequest
 from proxy.translate.chat import ChatStreamTranslator, to_openai_chat_request
-from proxy.translate.common import arguments_to_object, image_data_url, keep_alive_seconds, l2_normalise
+from proxy.translate.common import MAX_KEEP_ALIVE_S, arguments_to_object, image_data_url, keep_alive_seconds, l2_normalise
 from proxy.translate.embed import to_ollama_embeddings, vectors
 from proxy.translate.fields import check_message, go_kind
 from proxy.translate.generate import GenerateStreamTranslator, to_openai_context_tokenize_request
@@ -111,6 +111,9 @@ def test_zero_vector_is_left_as_is_not_divided_by_zero() -> None:
         pytest.param("-5m", math.inf, id="negative duration is forever"),
         pytest.param("1h30m", 5400.0, id="compound Go duration"),
         pytest.param("0", 0.0, id="zero string"),
+        pytest.param(1e18, MAX_KEEP_ALIVE_S, id="a number past Go's longest duration is that duration"),
+        pytest.param(10**400, MAX_KEEP_ALIVE_S, id="an integer too big for a float"),
+        pytest.param("2562047h", 2562047 * 3600.0, id="Go's longest whole-hour duration"),
     ],
 )
 def test_keep_alive_seconds(value: Any, seconds: float | None) -> None:
@@ -124,6 +127,7 @@ def test_keep_alive_seconds(value: Any, seconds: float | None) -> None:
         pytest.param(["5m"], "cannot unmarshal keep_alive", id="list"),
         pytest.param("5", 'missing unit in duration "5"', id="number string without unit"),
         pytest.param("soon", 'invalid duration "soon"', id="not a duration"),
+        pytest.param("2562048h", 'invalid duration "2562048h"', id="past Go's longest duration"),
     ],
 )
 def test_keep_alive_errors(value: Any, message: str) -> None:
