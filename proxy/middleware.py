@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy import errors, metrics
 from proxy.drain import SHUTTING_DOWN
+from proxy.redact import scrub_value
 from proxy.state import CONTEXT, DRAIN, RequestContext, live
 from proxy.streaming import json_response
 
@@ -79,6 +80,9 @@ async def _failed(request: web.Request, context: RequestContext, exc: Exception)
     """The error as the client gets it, and the status to log."""
     to_wire = errors.to_openai_error if request.path.startswith("/v1/") else errors.to_ollama_error
     status, body = to_wire(exc)
+    # vLLM's own texts are relayed in errors; one may echo a credential (the request's
+    # Authorization header, say): no backend's password or api_key leaves the proxy.
+    body = scrub_value(body, live(request).config.secrets())
     context.log["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
     if context.response is not None:  # the head is out: the error can only end the body
         status = context.response.status

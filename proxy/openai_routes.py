@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy import dispatch, errors, routing
 from proxy.backend import AsyncBody, UpstreamStream
 from proxy.handlers import loaded, read_json, resolve, unknown
+from proxy.redact import scrub_error_event
 from proxy.registry import Route
 from proxy.sse import DONE, SSEDecoder
 from proxy.state import CONTEXT, live
@@ -116,6 +117,7 @@ async def _relay_sse(request: web.Request, upstream: UpstreamStream, rename: _Re
     context = request[CONTEXT]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     decoder = SSEDecoder()
+    secrets = tuple(s.encode() for s in live(request).config.secrets())
     try:
         body = AsyncBody(upstream)
         await response.prepare(request)
@@ -125,6 +127,8 @@ async def _relay_sse(request: web.Request, upstream: UpstreamStream, rename: _Re
             if not context.first_ns and events:
                 context.first_ns = time.monotonic_ns()
                 context.log["ttft_ms"] = round((context.first_ns - context.arrival_ns) / 1e6, 1)
+            if events and secrets:  # vLLM's error events may quote a credential (proxy/redact.py)
+                events = [scrub_error_event(e, secrets) for e in events]
             if events:
                 await response.write(b"".join(b"data: " + (e if e == DONE else rename(e)) + b"\n\n" for e in events))
     finally:

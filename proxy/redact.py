@@ -57,13 +57,17 @@ def without_userinfo(url: str) -> tuple[str, str | None]:
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The password in ``url`` as written and percent-decoded, if any."""
+    """The password in ``url`` as written and percent-decoded, and the Basic auth token it
+    is sent as (a backend that echoes its Authorization header shows that), if any."""
     try:
         password = urlsplit(url).password
         raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
     except ValueError:
         return ()
-    return tuple({s for s in (password, raw) if s})
+    if not (password or raw):
+        return ()
+    basic = without_userinfo(url)[1]
+    return tuple(sorted({s for s in (password, raw, basic and basic.removeprefix("Basic ")) if s}))
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -85,3 +89,14 @@ def scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, list | tuple):
         return [scrub_value(v, secrets) for v in value]
     return value
+
+
+def scrub_error_event(event: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """An SSE event relayed as the backend sent it, masked when it is an error event
+    (``{"error": ...}`` or ``"object":"error"``) that quotes a secret; others untouched."""
+    if b'"error"' not in event:
+        return event
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SCRUB_LENGTH:
+            event = event.replace(secret, MASK.encode())
+    return event

@@ -44,8 +44,10 @@ class FakeVLLM:
         self.error_shape = error_shape
         self.reply = Reply()
         self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.fail_next: tuple[int, str] | None = None  # (status, message) for the next request
-        self.midstream_error: str | None = None  # error event after the first token
+        # (status, message) for the next request, and an error event after the first token;
+        # "{authorization}" in a message is the request's Authorization header (an echoing backend).
+        self.fail_next: tuple[int, str] | None = None
+        self.midstream_error: str | None = None
         self.token_ids = True  # honour return_token_ids (False: an older vLLM, or a router that drops them)
         self.stall = False  # stop after the role chunk and wait for the client to leave
         self.token_delay = 0.0
@@ -112,6 +114,7 @@ class FakeVLLM:
             return None, self.error(400, invalid)
         if self.fail_next:
             status, message = self.fail_next
+            message = _echo(message, request)
             self.fail_next = None
             return None, self.error(status, message, "InternalServerError" if status >= 500 else "BadRequestError")
         model = body.get("model")
@@ -271,7 +274,14 @@ class FakeVLLM:
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
             if self.midstream_error and event["choices"] and _has_text(event):
-                error = {"error": {"message": self.midstream_error, "type": "InternalServerError", "param": None, "code": 500}}
+                error = {
+                    "error": {
+                        "message": _echo(self.midstream_error, request),
+                        "type": "InternalServerError",
+                        "param": None,
+                        "code": 500,
+                    }
+                }
                 await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
                 return
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -398,6 +408,10 @@ def _is_a(value: Any, kind: str) -> bool:
         return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     types = {"string": str, _NUMBER: int | float, _LIST: list, _DICT: dict}
     return kind in types and isinstance(value, types[kind])
+
+
+def _echo(message: str, request: web.Request) -> str:
+    return message.replace("{authorization}", request.headers.get("Authorization", ""))
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

@@ -201,3 +201,57 @@ async def test_a_backend_that_comes_up_later_serves_its_names(start_proxy: Start
         assert await json_of(base, "/api/show", {"model": "other"}) == (404, {"error": "model 'other' not found"})
     finally:
         await late.stop()
+
+
+# -- vLLM's own error texts, from a backend that echoes the credentials it was sent ----------
+
+ECHO = "not authorised: you sent Authorization: {authorization}"
+OPENAI_CHAT = "/v1/chat/completions"
+
+
+async def read_reply(session: aiohttp.ClientSession, base: str, path: str, body: Any) -> tuple[int, str]:
+    async with session.post(base + path, json=body) as response:
+        return response.status, await response.text()
+
+
+@pytest.mark.parametrize(
+    ("credentials", "secret", "sent"),
+    [
+        pytest.param({"api_key": API_KEY}, API_KEY, f"Bearer {API_KEY}", id="api_key"),
+        pytest.param({"userinfo": True}, PASSWORD, "Basic b3BzOnBhNTUtdzByZC1TM0NSRVQ=", id="URL password"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("path", "stream", "when"),
+    [
+        pytest.param("/api/chat", False, "status", id="chat-error-status"),
+        pytest.param("/api/chat", True, "status", id="chat-stream-error-status"),
+        pytest.param("/api/chat", True, "midstream", id="chat-stream-error-event"),
+        pytest.param("/api/generate", False, "midstream", id="generate-error-event"),
+        pytest.param(OPENAI_CHAT, False, "status", id="openai-error-status"),
+        pytest.param(OPENAI_CHAT, True, "midstream", id="openai-stream-error-event"),
+    ],
+)  # fmt: skip
+async def test_a_backend_error_that_echoes_a_credential_reaches_the_client_masked(
+    start_proxy: StartProxy, fake: FakeVLLM, session: aiohttp.ClientSession,
+    credentials: dict[str, Any], secret: str, sent: str, path: str, stream: bool, when: str,
+) -> None:  # fmt: skip
+    url = with_userinfo(fake.url) if credentials.get("userinfo") else fake.url
+    base = await start_proxy(backends=[{"url": url, "name": "echo", "api_key": credentials.get("api_key")}])
+    if when == "status":
+        fake.fail_next = (401, ECHO)
+    else:
+        fake.midstream_error = ECHO
+    body = {**({"model": "tiny", "prompt": "hi"} if path == "/api/generate" else CHAT), "stream": stream}
+    status, text = await read_reply(session, base, path, body)
+    # vLLM's status before the first byte (its event's 500 for a non-streamed reply); after it,
+    # a 200 ending in the error line or event.
+    assert status == (200 if stream and when == "midstream" else 401 if when == "status" else 500), text
+    assert f"you sent Authorization: {sent.split()[0]} ***" in text, text
+    assert secret not in text and sent.split()[1] not in text
+
+
+def test_the_basic_token_of_a_url_password_is_a_secret_too() -> None:
+    from proxy.redact import url_secrets  # noqa: PLC0415
+
+    assert set(url_secrets("http://ops:pa55-w0rd-S3CRET@h:1")) == {PASSWORD, "b3BzOnBhNTUtdzByZC1TM0NSRVQ="}
