@@ -33,6 +33,7 @@ MAX_BODY_BYTES = 256 * MIB
 INFLATE_RATIO = 100  # JSON text rarely compresses past 20:1; a gzip bomb reaches ~1000:1
 INFLATE_FLOOR = 16 * MIB
 MAX_JSON_DEPTH = 128
+_PIECE = 256 * 1024  # inflated bytes per zlib call
 ENCODINGS = ("gzip", "x-gzip", "deflate")  # besides identity; RFC 9110 §8.4.1 names x-gzip an alias of gzip
 
 
@@ -52,7 +53,7 @@ async def read_body(request: web.Request) -> bytearray:
             if inflater is None:
                 body += chunk
             else:
-                body += inflater.feed(chunk, _room(body, wire))
+                inflater.feed(chunk, body, _room(body, wire))
             _check_size(body, wire, encoding)
     except RequestPayloadError as exc:
         cause = exc.__cause__
@@ -94,24 +95,30 @@ class Inflater:
         self.encoding = encoding
         self._zlib: Any = None
 
-    def feed(self, data: bytes, room: int) -> bytes:
-        """At most ``room`` inflated bytes of ``data``; input left over once they are out
-        is dropped, since that many bytes already make the body too large."""
+    def feed(self, data: bytes, out: bytearray, room: int) -> None:
+        """Append at most ``room`` inflated bytes of ``data`` to ``out``, a piece at a time
+        (no second copy of a large inflated chunk); input left over once they are out is
+        dropped, since that many bytes already make the body too large."""
         if self._zlib is None:
             raw_deflate = self.encoding == "deflate" and data[0] & 0x0F != 8  # no zlib header (RFC 1950: CM = 8)
             self._zlib = self._new(raw_deflate)
-        out = bytearray()
+        end = len(out) + room
         try:
-            while data and len(out) < room:
+            while len(out) < end:
                 if self._zlib.eof:
+                    if not data:
+                        break
                     if self.encoding != "gzip":
                         raise self._bad("data after the end of the deflate stream")
                     self._zlib = self._new(False)  # the next gzip member
-                out += self._zlib.decompress(data, room - len(out))
+                want = min(end - len(out), _PIECE)
+                piece = self._zlib.decompress(data, want)
+                out += piece
                 data = self._zlib.unconsumed_tail or self._zlib.unused_data
+                if not data and len(piece) < want:
+                    break  # all the input taken and all its output out (a full piece may leave some in zlib)
         except zlib.error:
             raise self._bad("not valid") from None
-        return bytes(out)
 
     def finish(self) -> None:
         """At the end of the body: a stream cut short is a 400."""
