@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy import admission_remote, auth, generation, library_routes, metrics_http, openai_routes, routes
 from proxy.admission import Admission
-from proxy.body import MAX_BODY_BYTES
+from proxy.body import MAX_BODY_BYTES, expect_continue
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.cors import Cors
@@ -47,11 +47,19 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
         app[LAUNCHER] = launcher
     app.cleanup_ctx.append(_backends)
     app.on_shutdown.append(_drain)
-    app.add_routes(routes.routes)
-    app.add_routes(openai_routes.routes)
-    app.add_routes(library_routes.routes)
+    for table in (routes.routes, openai_routes.routes, library_routes.routes):
+        app.add_routes(_answering_expect(table))
     metrics_http.on_main_port(app, config)
     return app
+
+
+def _answering_expect(table: web.RouteTableDef) -> list[web.RouteDef]:
+    """The routes with ``body.expect_continue`` as their ``Expect: 100-continue`` handler."""
+    out = []
+    for route in table:
+        assert isinstance(route, web.RouteDef)  # the tables hold handlers only, no static files
+        out.append(web.RouteDef(route.method, route.path, route.handler, {**route.kwargs, "expect_handler": expect_continue}))
+    return out
 
 
 async def reload(app: web.Application, config: Config) -> None:

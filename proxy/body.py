@@ -63,6 +63,20 @@ async def read_body(request: web.Request) -> bytearray:
     return body
 
 
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` (curl sends it for large bodies): a body whose
+    ``Content-Length`` is already over the limit is not invited, so the client never sends
+    it and gets the handler's 413 instead; any other body gets aiohttp's usual answer."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        return
+    if request.version >= (1, 1):
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get(hdrs.EXPECT, '')}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response (as aiohttp does)
+
+
 def _encoding(header: str) -> str:
     """The one content coding to undo ("" for none), or a 400 naming the header."""
     codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]

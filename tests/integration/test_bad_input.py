@@ -226,6 +226,29 @@ async def test_a_content_length_over_the_limit_is_refused_before_the_body_is_sen
     assert error == f"request body too large: Content-Length {257 * 1024 * 1024} is over the 256 MiB limit"
 
 
+async def test_a_body_over_the_limit_is_not_invited_by_100_continue(base_url: str) -> None:
+    """curl asks ``Expect: 100-continue`` before a large upload: the answer is the 413, so
+    the body is never sent (aiohttp's default would invite it first)."""
+    head = f"POST /api/chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {257 * 1024 * 1024}\r\n\r\n"
+    reply, _ = await _raw_request(base_url, head, [])
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
+    assert b"100 Continue" not in reply
+
+
+async def test_a_body_within_the_limit_is_invited_by_100_continue(base_url: str) -> None:
+    data = chat()
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = f"POST /api/chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(data)}\r\n\r\n"
+        writer.write(head.encode())
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(data)
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
+
+
 async def test_a_chunked_body_is_refused_once_it_passes_the_limit(base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(body_limits, "MAX_BODY_BYTES", 1024 * 1024)
     piece = b" " * 65536
