@@ -34,7 +34,7 @@ INFLATE_RATIO = 100  # JSON text rarely compresses past 20:1; a gzip bomb reache
 INFLATE_FLOOR = 16 * MIB
 MAX_JSON_DEPTH = 128
 _PIECE = 256 * 1024  # inflated bytes per zlib call
-ENCODINGS = ("gzip", "x-gzip", "deflate")  # besides identity; RFC 9110 §8.4.1 names x-gzip an alias of gzip
+ENCODINGS = ("gzip", "x-gzip", "deflate")  # besides identity; RFC 9110 §8.4.1.3: x-gzip is gzip
 
 
 async def read_body(request: web.Request) -> bytearray:

@@ -82,7 +82,8 @@ async def _failed(request: web.Request, context: RequestContext, exc: Exception)
     status, body = to_wire(exc)
     # vLLM's own texts are relayed in errors; one may echo a credential (the request's
     # Authorization header, say): no backend's password or api_key leaves the proxy.
-    body = scrub_value(body, live(request).config.secrets())
+    # (Only the configured secrets: the proxy's own texts may show "Bearer <key>".)
+    body = scrub_value(body, live(request).config.secrets(), bearer=False)
     context.log["error"] = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
     if context.response is not None:  # the head is out: the error can only end the body
         status = context.response.status

@@ -70,24 +70,25 @@ def url_secrets(url: str) -> tuple[str, ...]:
     return tuple(sorted({s for s in (password, raw, basic and basic.removeprefix("Basic ")) if s}))
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of a (long enough) secret, and any bearer token,
-    replaced by ``***``."""
-    text = _BEARER.sub(rf"\1{MASK}", text)
+def scrub(text: str, secrets: Iterable[str], bearer: bool = True) -> str:
+    """``text`` with every occurrence of a (long enough) secret, and any bearer token
+    (unless ``bearer`` is false), replaced by ``***``."""
+    if bearer:
+        text = _BEARER.sub(rf"\1{MASK}", text)
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= MIN_SCRUB_LENGTH and secret in text:
             text = text.replace(secret, MASK)
     return text
 
 
-def scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
+def scrub_value(value: Any, secrets: tuple[str, ...], bearer: bool = True) -> Any:
     """``scrub`` through the strings of a JSON-like value (a log event, a traceback dict)."""
     if isinstance(value, str):
-        return scrub(value, secrets)
+        return scrub(value, secrets, bearer)
     if isinstance(value, dict):
-        return {k: scrub_value(v, secrets) for k, v in value.items()}
+        return {k: scrub_value(v, secrets, bearer) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [scrub_value(v, secrets) for v in value]
+        return [scrub_value(v, secrets, bearer) for v in value]
     return value
 
 
