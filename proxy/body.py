@@ -158,6 +158,10 @@ def parse_json(raw: bytes | bytearray) -> Any:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("failed to allocate memory"):  # orjson's text for a body cut off ~200 levels deep
+            raise errors.BadRequest(
+                f"invalid JSON: unexpected end of data, nested more than {MAX_JSON_DEPTH} levels deep"
+            ) from None
         raise errors.BadRequest(f"invalid JSON: {exc}") from None
     # A value with fewer brackets than the limit cannot be nested deeper: skip the walk.
     if isinstance(value, dict | list) and raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _too_deep(value):

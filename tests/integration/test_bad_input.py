@@ -47,6 +47,8 @@ def go_error(value: str, field: str, go_type: str) -> str:
                      "invalid JSON: nested more than 128 levels deep", id="openai-nesting-600"),
         pytest.param("/api/generate", b'{"model":"tiny","x":' + nested(1024) + b"}", {},
                      "invalid JSON: depth limit exceeded", id="nesting-1024"),
+        pytest.param("/api/generate", b'{"model":"tiny","x":' + b"[" * 300, {},
+                     "invalid JSON: unexpected end of data, nested more than 128 levels deep", id="cut-off-300-deep"),
         pytest.param("/api/generate", orjson.dumps({"model": "tiny", "prompt": "hi", "images": "aGk="}), {},
                      go_error("string", "GenerateRequest.images", "[]api.ImageData"), id="images-string"),
         pytest.param("/api/generate", orjson.dumps({"model": "tiny", "prompt": "hi", "images": [1]}), {},
