@@ -81,7 +81,8 @@ async def _forward(request: web.Request, route: Route, name: str, body: dict[str
 
 def _renamed_reply(raw: bytes, data: Any, rename: _Rename, name: str, backend: str) -> web.Response:
     """vLLM's JSON reply ``raw`` (parsed: ``data``) as it sent it (integers past 64 bits,
-    deep nesting and all), with the client's model name."""
+    deep nesting and all), with the client's model name (renamed in place: vLLM renders
+    replies with Starlette's JSONResponse, compact)."""
     if not isinstance(data, dict) or "model" not in data:
         return web.Response(body=raw, content_type="application/json", charset="utf-8")
     renamed = rename(raw)
