@@ -29,7 +29,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` twin
 
 OTHER = "other"  # the model label of a requested name the registry does not know
 
-# OpenTelemetry GenAI bucket boundaries (semantic-conventions gen-ai-metrics.md).
+# OpenTelemetry GenAI bucket boundaries (open-telemetry/semantic-conventions,
+# docs/gen-ai/gen-ai-metrics.md).
 _DURATION = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 _TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _TPOT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)

@@ -185,7 +185,8 @@ async def embeddings(request: web.Request) -> web.Response:
     upstream_body = embed_t.to_openai_embed_request([prompt], route.facts.served, truncate=True)
     async with loaded(request, route, body.get("keep_alive")) as route:
         response = await _call_embeddings(request, route, upstream_body, strict=False)
-    # The legacy endpoint returns the model's raw vector, not re-normalised (§2.6).
+    # The legacy endpoint returns the model's raw vector, not re-normalised: Ollama's
+    # server/routes.go EmbeddingsHandler skips the normalize() that EmbedHandler applies.
     return json_response({"embedding": embed_t.vectors(response, 1)[0]})
 
 

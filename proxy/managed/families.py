@@ -1,6 +1,6 @@
 """Per-family vLLM defaults for managed models: the flags a user would otherwise have to
 know to get tools and thinking working (vLLM's docs/features/tool_calling.md and
-reasoning_outputs.md list the parser names).
+docs/features/reasoning_outputs.md list the parser names).
 
 The first row whose pattern occurs in the lower-cased model id or path wins. A model's
 own ``launch.args`` (and ``--vllm-args``) override any flag here with the same name, and
