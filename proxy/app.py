@@ -19,7 +19,7 @@ from proxy.generation import ENGINE, Engine
 from proxy.managed import library, service
 from proxy.managed.process import Launcher
 from proxy.middleware import canonical, inflight_cap
-from proxy.state import ADMISSION, CLOCK, DRAIN, LAUNCHER, LIVE, MANAGED, TOOLS_DROPPED, Live
+from proxy.state import ADMISSION, CLOCK, DRAIN, LAUNCHER, LIVE, MANAGED, TIMERS, TOOLS_DROPPED, Live
 from proxy.timers import SYSTEM, Timers
 
 
@@ -38,6 +38,7 @@ def create_app(config: Config, launcher: Launcher | None = None, *, timers: Time
     app[LIVE] = live = Live(generation.build(config, timers))
     app[ENGINE] = Engine(live, timers)
     app[DRAIN] = Drain()
+    app[TIMERS] = timers
     app[CLOCK] = Clock()
     # One fair-turn state: this process's, or with --workers N the supervisor's. It outlives
     # a reload (queued requests keep their place); the limits are read per request.

@@ -9,7 +9,6 @@ so a reload that swaps the config swaps the keys.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,7 +17,8 @@ from proxy import userinfo
 from proxy.auth_config import ApiKey, AuthSettings
 from proxy.errors import Unauthorized
 from proxy.identity import Caller
-from proxy.state import CONTEXT, live
+from proxy.state import CONTEXT, TIMERS, live
+from proxy.timers import SYSTEM
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,7 +64,7 @@ def _forwarded(request: web.Request, settings: AuthSettings, key: ApiKey | None)
         if token is None:
             return None
         try:
-            claims = userinfo.verify_hs256(token, settings.jwt_secret, time.time())
+            claims = userinfo.verify_hs256(token, settings.jwt_secret, request.app.get(TIMERS, SYSTEM).wall_ns() / 1e9)
         except userinfo.InvalidToken as exc:
             raise Unauthorized(f"unauthorized: invalid {userinfo.JWT_HEADER}: {exc}") from None
         user = userinfo.from_claims(claims)

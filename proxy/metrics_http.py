@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, mult
 from proxy import auth
 from proxy.config import Config, split_listen
 from proxy.middleware import canonical
-from proxy.state import DRAIN, LIVE
+from proxy.state import DRAIN, LIVE, TIMERS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format
 PATH = "/metrics"
@@ -57,7 +57,7 @@ def separate_listener(config: Config, reuse_port: bool) -> Callable[[web.Applica
 
     async def serve(main: web.Application) -> AsyncIterator[None]:
         app = web.Application(middlewares=MIDDLEWARES)
-        app[LIVE], app[DRAIN] = main[LIVE], main[DRAIN]  # the keys a reload brings apply here too
+        app[LIVE], app[DRAIN], app[TIMERS] = main[LIVE], main[DRAIN], main[TIMERS]  # the keys a reload brings apply here too
         app.router.add_get(PATH, handler)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()

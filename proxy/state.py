@@ -21,6 +21,7 @@ from proxy.metrics import Inflight
 from proxy.monitor import Monitor
 from proxy.registry import Registry
 from proxy.routing import Router
+from proxy.timers import Timers
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ CLOCK = web.AppKey("clock", Clock)
 MANAGED = web.AppKey("managed", Host)  # only set when managed models are configured
 LAUNCHER = web.AppKey("launcher", Launcher)  # a launcher given to create_app (tests)
 ADMISSION = web.AppKey("admission", Admitter)  # fair turns per backend (proxy/admission.py)
+TIMERS = web.AppKey("timers", Timers)  # the clocks create_app was given (tests pass fake ones)
 TOOLS_DROPPED = web.AppKey("tools_dropped", set[str])  # models already logged as answering without tools
 
 

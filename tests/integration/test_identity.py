@@ -18,6 +18,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM
 
 SECRET = "owui-shared-secret-0123456789"
@@ -146,6 +147,21 @@ async def test_who_is_asking(
     else:
         assert status == 200, body
         assert (line["user"], line["user_source"]) == expected[1:]
+
+
+async def test_a_token_expires_on_the_proxys_clock(start_proxy: Start, fake: FakeVLLM) -> None:
+    """``exp`` is checked against the clock the app was given (proxy/timers.py), so a test
+    moves time past it instead of waiting."""
+    clock = FakeTimers(now=float(NOW))
+    url = await start_proxy(timers=clock.timers(), backends=[{"url": fake.url, "name": "fake"}], **CONFIGS["jwt"])
+    headers = {"X-OpenWebUI-User-Jwt": jwt(ANA)}  # exp: NOW + 300
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for step in (299.0, 2.0):
+            await clock.advance(step)
+            async with session.post(url + "/api/chat", json=CHAT, headers=headers) as reply:
+                statuses.append((reply.status, (await reply.json()).get("error")))
+    assert statuses == [(200, None), (401, BAD + "expired")]
 
 
 @pytest.mark.parametrize(
