@@ -37,6 +37,13 @@ def sse(*events: Any) -> bytes:
 SSE_HEAD = head("200 OK", "Content-Type: text/event-stream; charset=utf-8", "Transfer-Encoding: chunked")
 END = b"0\r\n\r\n"
 
+# A well-formed vLLM chat stream's events, to script around (vLLM's ChatCompletionStreamResponse).
+ENV = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "tiny"}
+ROLE = {**ENV, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+HELLO = {**ENV, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
+STOP = {**ENV, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+USAGE = {**ENV, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+
 
 def json_reply(body: Any, status: str = "200 OK") -> list[Step]:
     data = orjson.dumps(body)

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from proxy.app import create_app
 from proxy.config import from_mapping
 from proxy.timers import SYSTEM, Timers
+from tests.fakes.raw import RawBackend
 from tests.fakes.vllm import FakeVLLM
 
 
@@ -38,6 +39,15 @@ def start_proxy(aiohttp_server: Any) -> Callable[..., Awaitable[str]]:
         return str(server.make_url("")).rstrip("/")
 
     return start
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawBackend]:
+    """The byte-scripted backend (tests/fakes/raw.py)."""
+    server = RawBackend()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

@@ -1,13 +1,22 @@
-"""Assertions and small servers shared by the integration tests (no proxy code here)."""
+"""Assertions, small servers and real ``serve`` processes shared by the integration tests
+(no proxy code here)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
@@ -64,11 +73,117 @@ def normalised(vector: list[float]) -> list[float]:
     return [v / norm for v in vector]
 
 
-def closed_port() -> int:
-    """A local port nothing listens on."""
+def free_port() -> int:
+    """A local port nothing listens on: free to bind, and a connection to it is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+closed_port = free_port
+
+
+# -- the real CLI as a process -----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve(*args: str, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """``python -m proxy serve ARGS`` from the repository, with its output (stdout and
+    stderr together) to ``stdout``; ``OLLAMA_HOST`` is unset and no
+    ``PROMETHEUS_MULTIPROC_DIR`` is inherited, as in a fresh shell."""
+    environ = {**os.environ, "OLLAMA_HOST": "", **(env or {})}
+    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [sys.executable, "-m", "proxy", "serve", *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=stdout, stderr=subprocess.STDOUT, env=environ)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    """SIGTERM (unless it has exited already), wait for the exit; what it printed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=timeout)[0]
+    return out.decode() if out else ""
+
+
+async def wait_until_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``GET url`` answers 200; fails at once (with its output) if ``proc`` exits."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("proxy did not start")
+
+
+async def until(condition: Callable[[], object], what: str = "the condition", timeout: float = 10.0) -> float:
+    """Poll ``condition`` every 10 ms until it is true; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+def children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
+    return {int(p) for p in out.split()}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (workers, and anything they or the parent started)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    parents: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        parents.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"
+
+
+def listening(pids: set[int], port: int) -> set[int]:
+    """Which of ``pids`` hold a socket listening on ``port`` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    out = set()
+    for pid in pids:
+        try:
+            links = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        except OSError:
+            continue  # gone, or an fd closed while listing
+        if links & inodes:
+            out.add(pid)
+    return out
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class SilentServer:

@@ -20,24 +20,12 @@ from proxy.backend import AsyncBody, Backend
 from proxy.config import BackendConfig, Timeouts
 from proxy.errors import ProxyError
 from proxy.h1pool import Pool
-from tests.fakes.raw import END, SSE_HEAD, RawBackend, Step, chunk, sse
+from tests.fakes.raw import END, HELLO, ROLE, SSE_HEAD, STOP, RawBackend, Step, chunk, sse
 from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
-ENV = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "tiny"}
-ROLE = {**ENV, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-HELLO = {**ENV, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
-STOP = {**ENV, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
 BROKEN_AFTER_FIRST_BYTE: list[Step] = [SSE_HEAD, chunk(sse(ROLE, HELLO)), 0.02]  # then the connection drops
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawBackend]:
-    server = RawBackend()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

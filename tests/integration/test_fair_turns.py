@@ -7,9 +7,6 @@ round-robin. Users are told apart by client address (127.0.0.1 / 127.0.0.2)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,6 @@ import orjson
 import pytest
 import yaml
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fairness import MODES, scenario
 from proxy.app import create_app
@@ -28,7 +24,8 @@ from proxy.state import ADMISSION, LIVE
 from proxy.timers import SYSTEM, Timers
 from tests.fakes.timers import FakeTimers
 from tests.fakes.vllm import FakeVLLM
-from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+from tests.integration.helpers import free_port, serve, stop, until, wait_until_up
+from tests.scrape import Scrape, grew
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -61,14 +58,6 @@ def proxy(aiohttp_server: Any, fake: FakeVLLM) -> Callable[..., Any]:
         return str(server.make_url("")).rstrip("/"), app
 
     return start
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def queued(app: web.Application) -> int:
@@ -203,9 +192,7 @@ async def test_workers_share_one_round_robin(fake: FakeVLLM, tmp_path: Path) -> 
     port = free_port()
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"backends": [{"url": fake.url, "name": "fake", "max_concurrency": 1}]}))
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OLLAMA_HOST": ""})  # fmt: skip
+    proc = serve("--config", str(path), "--listen", f"127.0.0.1:{port}", "--workers", "2")
     base = f"http://127.0.0.1:{port}"
     try:
         await wait_until_up(f"{base}/api/tags", proc)
@@ -222,10 +209,7 @@ async def test_workers_share_one_round_robin(fake: FakeVLLM, tmp_path: Path) -> 
             mine = [asyncio.create_task(chat(b, f"B{i}")) for i in range(3)]
             assert await asyncio.gather(*flood, *mine) == [200] * 9
     finally:
-        proc.terminate()
-        proc.wait(30)
-        if proc.stdout:
-            proc.stdout.close()
+        stop(proc)
     texts = [body["messages"][-1]["content"] for path_, body in fake.requests if path_ == "/v1/chat/completions"]
     order = "".join(t[0] for t in texts if isinstance(t, str) and t[:1] in ("A", "B"))
     assert order == "ABABABAAA", order
@@ -259,21 +243,12 @@ async def test_api_keys_take_turns_by_their_weight(proxy: Any, fake: FakeVLLM, u
     assert order == "vvbvvbb", order
 
 
-def series(text: str, name: str, **labels: str) -> float:
-    """One sample of a scrape, parsed with prometheus-client's parser; 0 when absent."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 async def test_waits_and_refusals_show_in_metrics(proxy: Any, fake: FakeVLLM, user_a: aiohttp.ClientSession) -> None:
     base, app = await proxy(max_concurrency=1, max_queue=1)
 
-    async def scrape() -> str:
+    async def scrape() -> Scrape:
         async with user_a.get(f"{base}/metrics") as response:
-            return await response.text()
+            return Scrape(await response.text())
 
     before = await scrape()
     fake.stall = True
@@ -289,12 +264,7 @@ async def test_waits_and_refusals_show_in_metrics(proxy: Any, fake: FakeVLLM, us
     assert (await asyncio.wait_for(second, 5)).status == 200
     after = await scrape()
     labels = {"model": "tiny:latest", "backend": "fake"}
-    assert series(during, "ollama_proxy_queued_requests", **labels) == 1
-    assert series(after, "ollama_proxy_queued_requests", **labels) == 0
-    waits = "ollama_proxy_queue_wait_seconds_count"
-    assert series(after, waits, **labels) - series(before, waits, **labels) == 1
-    refused = "ollama_proxy_rejected_requests_total"
-    assert (
-        series(after, refused, backend="fake", reason="queue_full") - series(before, refused, backend="fake", reason="queue_full")
-        == 1
-    )
+    assert during.get("ollama_proxy_queued_requests", **labels) == 1
+    assert after.get("ollama_proxy_queued_requests", **labels) == 0
+    assert grew(before, after, "ollama_proxy_queue_wait_seconds_count", **labels) == 1
+    assert grew(before, after, "ollama_proxy_rejected_requests_total", backend="fake", reason="queue_full") == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -16,24 +16,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from tests.fakes.raw import END, HANG, SSE_HEAD, RawBackend, Step, chunk, head, json_reply, sse
+from tests.fakes.raw import END, ENV, HANG, HELLO, ROLE, SSE_HEAD, STOP, USAGE, RawBackend, Step, chunk, head, json_reply, sse
 
 StartProxy = Callable[..., Awaitable[str]]
 CHAT = "/v1/chat/completions"
-ENV = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "tiny"}
-ROLE = {**ENV, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-HELLO = {**ENV, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
-STOP = {**ENV, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-USAGE = {**ENV, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
 IDLE = 0.3  # timeouts.idle of the proxies under test: seconds, not minutes
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawBackend]:
-    server = RawBackend()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

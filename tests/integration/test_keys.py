@@ -5,10 +5,7 @@ JSON and never reaches vLLM, and no key ever shows in a log line."""
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from structlog.testing import capture_logs
 
 from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM
-from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+from tests.integration.helpers import free_port, serve, stop, wait_until_up
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-9876543210"  # configured by its digest only
@@ -178,14 +175,7 @@ def test_any_bearer_token_is_masked_in_log_text() -> None:
 def _serve(config: dict[str, Any], tmp_path: Path, listen: str) -> subprocess.Popen[bytes]:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--listen", listen, "--workers", "2"]
-    env = {**os.environ, "OLLAMA_HOST": ""}
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    return proc.communicate(timeout=60)[0].decode()
+    return serve("--config", str(path), "--listen", listen, "--workers", "2")
 
 
 async def test_a_real_serve_with_two_workers_checks_keys_and_never_prints_one(fake: FakeVLLM, tmp_path: Path) -> None:
@@ -198,7 +188,7 @@ async def test_a_real_serve_with_two_workers_checks_keys_and_never_prints_one(fa
         await wait_until_up(base + "/", proc)
         seen = [(await call(base, "POST", "/api/chat", headers, CHAT))[0] for headers in (bearer(ALICE), bearer(BOB), None)]
     finally:
-        output = _stop(proc)
+        output = stop(proc)
     assert seen == [200, 401, 401]
     assert ALICE not in output and BOB not in output
     assert '"user":"alice"' in output.replace(" ", "") and "without api_keys" not in output
@@ -210,5 +200,5 @@ async def test_a_real_serve_open_to_the_network_warns_once(fake: FakeVLLM, tmp_p
     try:
         await wait_until_up(f"http://127.0.0.1:{port}/api/version", proc)
     finally:
-        output = _stop(proc)
+        output = stop(proc)
     assert output.count(f"warning: listening on 0.0.0.0:{port} without api_keys") == 1, output

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+from tests.integration.helpers import REPO, free_port, wait_until_up
 from tests.procs import launched
 
 pytest.importorskip("proxy.managed.launcher", reason="the subprocess launcher (proxy/managed/launcher.py) is not here yet")

@@ -17,30 +17,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
 from proxy.config import from_mapping
 from tests.fakes.launcher import FakeLauncher
 from tests.fakes.vllm import FakeVLLM
-from tests.integration.helpers import usage_of
-from tests.integration.test_workers_and_overload import children, free_port, wait_until_up
+from tests.integration.helpers import REPO, children, free_port, listening, serve, stop, usage_of, wait_until_up
+from tests.scrape import Scrape, grew
 
-REPO = Path(__file__).resolve().parents[2]
 CHAT: dict[str, Any] = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class Scrape:
-    """One parsed scrape: sample values by name and labels."""
-
-    def __init__(self, text: str) -> None:
-        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                self.values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-
-    def get(self, name: str, **labels: str) -> float:
-        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> Scrape:
@@ -48,10 +33,6 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> Scrape:
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return Scrape(await response.text())
-
-
-def grew(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
-    return after.get(name, **labels) - before.get(name, **labels)
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
@@ -197,43 +178,11 @@ async def test_with_api_keys_a_scrape_needs_one(start_proxy: Any, fake: FakeVLLM
         assert keyed.status == 200 and "ollama_proxy_requests_total" in await keyed.text()
 
 
-def serve(tmp_path: Path, fake: FakeVLLM, workers: int, **config: Any) -> tuple[subprocess.Popen[bytes], int]:
+def serve_shared(tmp_path: Path, fake: FakeVLLM, workers: int, **config: Any) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     path = tmp_path / "config.yaml"
     path.write_text(orjson.dumps({"backends": [{"url": fake.url, "name": "shared"}], **config}).decode())
-    cmd = [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(path),
-           "--workers", str(workers)]  # fmt: skip
-    env = {**os.environ, "OLLAMA_HOST": ""}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env), port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
-    proc.stdout.close()
-    return out
-
-
-def listening(pids: set[int], port: int) -> set[int]:
-    """Which of ``pids`` hold a socket listening on ``port`` (from /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-                inodes.add(f"socket:[{fields[9]}]")
-    out = set()
-    for pid in pids:
-        try:
-            links = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
-        except OSError:
-            continue  # gone, or an fd closed while listing
-        if links & inodes:
-            out.add(pid)
-    return out
+    return serve("--listen", f"127.0.0.1:{port}", "--config", str(path), "--workers", str(workers)), port
 
 
 async def all_listening(proc: subprocess.Popen[bytes], workers: int, *ports: int) -> None:
@@ -255,7 +204,7 @@ async def fresh_scrape(url: str) -> Scrape:
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_the_cli_on_metrics_listen_sums_every_worker(tmp_path: Path, fake: FakeVLLM, workers: int) -> None:
     metrics_port = free_port()
-    proc, port = serve(tmp_path, fake, workers, metrics_listen=f"127.0.0.1:{metrics_port}")
+    proc, port = serve_shared(tmp_path, fake, workers, metrics_listen=f"127.0.0.1:{metrics_port}")
     base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         await wait_until_up(f"{base}/api/tags", proc)
@@ -309,7 +258,7 @@ async def _killed_workers_leave_no_live_gauges(proc: subprocess.Popen[bytes], ba
 
 async def test_the_metrics_listen_address_needs_a_key_too(tmp_path: Path, fake: FakeVLLM) -> None:
     metrics_port = free_port()
-    proc, port = serve(tmp_path, fake, 1, metrics_listen=f"127.0.0.1:{metrics_port}", **KEYS)
+    proc, port = serve_shared(tmp_path, fake, 1, metrics_listen=f"127.0.0.1:{metrics_port}", **KEYS)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         await wait_until_up(f"http://127.0.0.1:{port}/", proc)  # `/` needs no key

@@ -4,10 +4,6 @@ down (502), never as a missing model (404, which makes clients offer to pull it)
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +13,7 @@ import pytest
 import yaml
 
 from tests.fakes.vllm import FakeVLLM
-from tests.integration.helpers import closed_port
-from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+from tests.integration.helpers import closed_port, free_port, serve, stop, wait_until_up
 
 PASSWORD = "pa55-w0rd-S3CRET"
 API_KEY = "sk-T0KEN-never-shown"
@@ -70,10 +65,7 @@ async def test_no_password_or_api_key_in_any_reply_or_log_line(fake: FakeVLLM, t
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--workers", "1"]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""}
-    )
+    proc = serve("--config", str(path), "--listen", f"127.0.0.1:{port}", "--workers", "1")
     base = f"http://127.0.0.1:{port}"
     replies: list[tuple[str, int, str]] = []
     try:
@@ -83,8 +75,7 @@ async def test_no_password_or_api_key_in_any_reply_or_log_line(fake: FakeVLLM, t
                 status, text = await exchange(session, base, method, route, body)
                 replies.append((f"{method} {route} {body}", status, text))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0].decode()
+        output = stop(proc, timeout=30)
     for what, _, text in replies:
         assert PASSWORD not in text and API_KEY not in text, what
     assert PASSWORD not in output and API_KEY not in output

@@ -24,9 +24,7 @@ from proxy import check
 from proxy.app import create_app, reload
 from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM, Model, Reply
-from tests.integration.helpers import closed_port
-from tests.integration.test_supervision import alive, descendants, port_open, until
-from tests.integration.test_workers_and_overload import REPO, free_port
+from tests.integration.helpers import REPO, alive, closed_port, descendants, free_port, port_open, serve, until
 
 STATES = ("READY=1", "RELOADING=1", "STOPPING=1", "WATCHDOG=1")
 
@@ -75,13 +73,12 @@ class Proxy:
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config),
-               "--listen", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]  # fmt: skip
-        env = {**os.environ, "OLLAMA_HOST": "", "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": self.notify.address}
+        env = {"PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": self.notify.address}
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = serve("--config", str(self.config), "--listen", f"127.0.0.1:{self.port}",
+                              "--workers", str(self.workers), env=env, stdout=out)  # fmt: skip
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

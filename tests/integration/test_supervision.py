@@ -3,15 +3,12 @@ is replaced, SIGHUP reloads every worker, and a worker that cannot start stops t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,64 +16,9 @@ import aiohttp
 import pytest
 
 from tests.fakes.vllm import FakeVLLM
-from tests.integration.test_workers_and_overload import REPO, free_port, wait_until_up
+from tests.integration.helpers import alive, descendants, free_port, listening, port_open, serve, stop, until, wait_until_up
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (workers, and anything they or the parent started)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
-    parents: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        child, parent = map(int, line.split())
-        parents.setdefault(parent, []).append(child)
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    return {p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)}
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
-    except (OSError, IndexError):
-        return "zombie"
-
-
-async def until(condition: object, timeout: float = 10.0) -> float:
-    """Poll ``condition`` (a callable) every 20 ms; returns the seconds it took."""
-    started = time.monotonic()
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() - started < timeout, "condition not reached in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
-def listening(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds a socket listening on ``port`` (it accepts connections)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-                inodes.add(f"socket:[{fields[9]}]")
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return False
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Service:
@@ -92,16 +34,12 @@ class Service:
             return reply.status == 200 and (await reply.json())["message"]["content"] == "Hello, world!"
 
     def output(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.communicate(timeout=60)[0].decode()
+        return stop(self.proc)
 
 
 def start(backend: str, port: int, workers: int = 2, notify: str = "") -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "proxy", "serve", "--backend", backend, "--listen", f"127.0.0.1:{port}",
-           "--workers", str(workers)]  # fmt: skip
-    env = {**os.environ, "OLLAMA_HOST": "", **({"NOTIFY_SOCKET": notify} if notify else {})}
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    env = {"NOTIFY_SOCKET": notify} if notify else {}
+    return serve("--backend", backend, "--listen", f"127.0.0.1:{port}", "--workers", str(workers), env=env)
 
 
 def _received(sock: socket.socket) -> bytes:
@@ -123,7 +61,8 @@ async def service(fake: FakeVLLM, tmp_path: Path) -> AsyncIterator[Service]:
         await wait_until_up(f"{svc.base}/api/version", proc)
         # READY=1 comes from the parent once both workers listen: a test may then kill one.
         await until(lambda: b"READY=1" in _received(notify))
-        assert len(svc.workers()) == 2 and all(listening(p, port) for p in svc.workers())
+        workers = svc.workers()
+        assert len(workers) == 2 and listening(workers, port) == workers
         yield svc
     finally:
         notify.close()

@@ -4,7 +4,6 @@ explicit 503 when a worker's in-flight cap is reached."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -18,8 +17,8 @@ import pytest
 
 from proxy.app import create_app
 from tests.fakes.vllm import FakeVLLM
+from tests.integration.helpers import REPO, children, free_port, serve, wait_until_up
 
-REPO = Path(__file__).resolve().parents[2]
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -37,39 +36,10 @@ async def test_inflight_cap_answers_503_with_ollamas_text(aiohttp_client: Any, f
     first.cancel()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_until_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("proxy did not start")
-
-
-def children(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
-    return {int(p) for p in out.split()}
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_cli_serves_with_n_workers_and_stops_cleanly(fake: FakeVLLM, workers: int) -> None:
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--backend", fake.url, "--listen", f"127.0.0.1:{port}",
-           "--workers", str(workers)]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OLLAMA_HOST": ""}
-    )
+    proc = serve("--backend", fake.url, "--listen", f"127.0.0.1:{port}", "--workers", str(workers))
     try:
         await wait_until_up(f"http://127.0.0.1:{port}/api/tags", proc)
         if workers > 1:

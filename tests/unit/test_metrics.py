@@ -8,21 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import metrics
 from proxy.config import ConfigError, from_mapping
 from proxy.metrics_http import exposition
+from tests.scrape import Scrape
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def value(name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(exposition().decode()):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    return Scrape(exposition().decode()).get(name, **labels)
 
 
 @pytest.mark.parametrize(("raw", "listen"), [
