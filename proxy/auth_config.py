@@ -16,9 +16,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from proxy.confcheck import ConfigError
+from proxy.confcheck import ConfigError, read_yaml
 from proxy.confcheck import boolean as _bool
 from proxy.confcheck import listing as _list
 from proxy.confcheck import require_mapping as _require_mapping
@@ -96,12 +94,9 @@ def parse(data: dict[str, Any], source: str, env: dict[str, str] | None = None) 
 
 def _read_file(path: str) -> list[Any]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(f"api_keys_file: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"api_keys_file: {path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        data = read_yaml(path)
+    except ConfigError as exc:
+        raise ConfigError(f"api_keys_file: {exc}") from None
     if isinstance(data, dict) and set(data) == {"api_keys"}:
         data = data["api_keys"]  # the same section as in the config file
     return _list(data or [], f"api_keys_file ({path})")

@@ -5,9 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A configuration problem, already phrased for the operator."""
+
+
+def read_yaml(path: str) -> Any:
+    """A YAML file's content (None when empty); a ``ConfigError`` naming the file, and the
+    line of a syntax error, when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
 
 
 def require_mapping(data: Any, where: str, allowed: set[str] | None) -> None:

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
-
 from proxy import (
     auth_config,
     backend_config,
@@ -32,6 +30,7 @@ from proxy.confcheck import count as _count
 from proxy.confcheck import listing as _list
 from proxy.confcheck import optional_text as _optional_str
 from proxy.confcheck import positive as _positive
+from proxy.confcheck import read_yaml
 from proxy.confcheck import require_mapping as _require_mapping
 from proxy.confcheck import text as _str
 from proxy.errors import BadRequest
@@ -189,16 +188,7 @@ def _cli_model(value: str, vllm_args: tuple[str, ...]) -> ModelEntry:
 
 
 def load(path: str) -> Config:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return from_mapping(data or {}, path)
+    return from_mapping(read_yaml(path) or {}, path)
 
 
 def from_mapping(data: Any, source: str = "<config>") -> Config:
