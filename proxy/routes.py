@@ -226,7 +226,7 @@ async def _generate(
     """Open the stream (with failover) and relay it; ``before_final`` gets the route that
     answered, once its body is complete."""
     if dropped:
-        log.debug("fields not sent to vLLM", dropped=dropped)
+        request[CONTEXT].log["dropped"] = dropped  # on the request's one log line, not a line of its own
     translator.sent_ns = time.monotonic_ns()
     try:
         route, upstream = await dispatch.open_stream(request, route, path, body)

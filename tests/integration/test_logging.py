@@ -71,6 +71,13 @@ async def test_generation_logs_model_backend_timing_and_tokens(
     assert isinstance(line["request_id"], str) and line["request_id"]
 
 
+async def test_fields_vllm_is_not_sent_are_named_on_the_one_line(client: TestClient, logs: list[dict[str, Any]]) -> None:
+    body = {"model": "tiny", "messages": USER, "options": {"num_ctx": 4096, "temperature": 0.5}}
+    status, _ = await send(client, "POST", "/api/chat", body)
+    assert status == 200
+    assert one_line(logs)["dropped"] == ["num_ctx"]
+
+
 async def test_request_id_header_is_used(client: TestClient, logs: list[dict[str, Any]]) -> None:
     status, _ = await send(client, "POST", "/api/chat", {"model": "tiny", "messages": USER}, headers={"X-Request-Id": "abc123"})
     assert status == 200
