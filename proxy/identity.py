@@ -1,6 +1,6 @@
 """Who is asking: the caller a request is accounted to (log line, fair turns, priority).
 
-In order (issue 11): the API key's name; else, with ``trust_user_headers``, the user Open
+In order (proxy/auth.py decides): the API key's name; else, with ``trust_user_headers``, the user Open
 WebUI forwards; else the client address. The middleware that checks keys and headers
 stores the result on the request's context; ``proxy.state.caller_of`` is the one read.
 """

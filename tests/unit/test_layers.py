@@ -9,6 +9,7 @@ external packages whole, so they cannot tell `aiohttp.web` (every adapter) from
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,12 @@ def stream_openers(source: str) -> bool:
 def test_only_a_backend_opens_upstream_requests() -> None:
     users = [str(p.relative_to(PROXY)) for p in sorted(PROXY.rglob("*.py")) if stream_openers(p.read_text())]
     assert users == ["backend.py"]
+
+
+def test_the_architecture_doc_draws_the_layers_pyproject_enforces() -> None:
+    """docs/ARCHITECTURE.md copies the layers contract; a layer added in one place only fails here."""
+    root = PROXY.parent
+    contracts = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [layers] = [c["layers"] for c in contracts if c["type"] == "layers"]
+    drawn = (root / "docs" / "ARCHITECTURE.md").read_text().split("\n## Layers\n", 1)[1].split("```")[1]
+    assert drawn.strip().splitlines() == layers
