@@ -17,8 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import tempfile
-import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,6 +25,7 @@ import orjson
 from proxy.admission import Admission, Ticket
 from proxy.errors import ProxyError, ServerBusy
 from proxy.identity import Caller
+from proxy.owner import SocketOwner
 from proxy.turns import Limits, Snapshot
 
 _LIMIT = 64 * 1024  # one control line
@@ -164,35 +164,18 @@ async def _wait_unless_gone(
         return None
 
 
-class Owner:
+class Owner(SocketOwner):
     """The one ``Admission`` and its socket on a thread of the supervisor process."""
 
     def __init__(self) -> None:
-        self.path = os.path.join(tempfile.mkdtemp(prefix="ollama-vllm-proxy-"), "admission.sock")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="fair-turns", daemon=True)
+        super().__init__("admission.sock", "fair-turns", stop_timeout=5.0)
 
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(30)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            os.rmdir(os.path.dirname(self.path))
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+    async def _run_until(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
         admission = Admission()
         server = await serve(admission, self.path)
-        self._ready.set()
+        ready()
         try:
-            await self._stop.wait()
+            await stop.wait()
         finally:
             server.close()
             admission.close()

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
-import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,6 +22,7 @@ import structlog
 from proxy.errors import ModelLoadFailed, ProxyError, ServerBusy
 from proxy.managed.host import Lease, Loaded
 from proxy.managed.scheduler import Scheduler
+from proxy.owner import SocketOwner
 
 log = structlog.get_logger("proxy.managed")
 _LIMIT = 1024 * 1024  # one control line
@@ -140,41 +140,21 @@ async def _handle(scheduler: Scheduler, reader: asyncio.StreamReader, writer: as
     await writer.drain()
 
 
-class Owner:
+class Owner(SocketOwner):
     """The scheduler and its control socket on a thread of the supervisor process, so
     the vLLM children outlive no worker restart and have exactly one parent."""
 
     def __init__(self, make: Any) -> None:
+        super().__init__("managed.sock", "managed-models", stop_timeout=30.0)
         self._make = make  # () -> Scheduler, called on the owner's event loop
-        self.path = os.path.join(tempfile.mkdtemp(prefix="ollama-vllm-proxy-"), "managed.sock")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="managed-models", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(30)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            os.rmdir(os.path.dirname(self.path))
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+    async def _run_until(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
         scheduler: Scheduler = self._make()
         server = await serve(scheduler, self.path)
-        self._ready.set()
+        ready()
         preload = asyncio.create_task(scheduler.preload())
         try:
-            await self._stop.wait()
+            await stop.wait()
         finally:
             preload.cancel()
             server.close()
