@@ -154,7 +154,7 @@ async def test_a_token_expires_on_the_proxys_clock(start_proxy: Start, fake: Fak
     moves time past it instead of waiting."""
     clock = FakeTimers(now=float(NOW))
     url = await start_proxy(timers=clock.timers(), backends=[{"url": fake.url, "name": "fake"}], **CONFIGS["jwt"])
-    headers = {"X-OpenWebUI-User-Jwt": jwt(ANA)}  # exp: NOW + 300
+    headers = {"X-OpenWebUI-User-Jwt": jwt({**ANA, "exp": NOW + 300})}
     statuses = []
     async with aiohttp.ClientSession() as session:
         for step in (299.0, 2.0):
