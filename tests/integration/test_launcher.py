@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from proxy.managed.launcher import SubprocessLauncher
 from proxy.managed.process import LaunchSpec, StartFailed
 from proxy.managed.shim import group_members, live_processes
-from tests.integration.test_workers_and_overload import REPO
+from tests.integration.helpers import REPO
 
 FAKE = (sys.executable, "-m", "tests.fakes.vllm_server")
 
