@@ -73,7 +73,12 @@ async def reload(app: web.Application, config: Config) -> None:
 async def _backends(app: web.Application) -> AsyncIterator[None]:
     engine = app[ENGINE]
     config = app[LIVE].current.config
-    await engine.start()
+    try:
+        await engine.start()
+    except BaseException:  # SIGTERM during the first discovery: close what it opened
+        app[ADMISSION].close()
+        await engine.close()
+        raise
     managed_on = bool(library.managed(config))
     preload = None
     if managed_on:

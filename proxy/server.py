@@ -60,31 +60,33 @@ async def _serve(app: web.Application, config: Config, reuse_port: bool, notifie
     )
     watchdog: asyncio.Task[None] | None = None
     try:
-        if not await _until_stopped(runner.setup(), stop):  # the app's start-up: the first discovery
-            return 0  # SIGTERM before it listened: nothing to drain
-    except OSError as exc:  # metrics_listen's address, bound at start-up
-        print(f"ollama-vllm-proxy: cannot listen on {exc.filename or config.listen}: {exc.strerror}", file=sys.stderr)
-        return 1
-    try:
-        host, port = split_listen(config.listen)
-        # backlog: aiohttp's 128 drops bursts of new streams.
-        site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port)
         try:
-            await site.start()
-        except OSError as exc:
-            print(f"ollama-vllm-proxy: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+            started = await _until_stopped(runner.setup(), stop)  # the app's start-up: the first discovery
+        except OSError as exc:  # metrics_listen's address, bound at start-up
+            print(f"ollama-vllm-proxy: cannot listen on {exc.filename or config.listen}: {exc.strerror}", file=sys.stderr)
             return 1
-        if notifier.watchdog_usec:
-            watchdog = asyncio.create_task(_watchdog(notifier, notifier.watchdog_usec / 2e6))
-        notifier.ready(_status(app))
-        if reconfig.take_early_sighup():
-            reloads.request()
-        await stop.wait()
+        if started:
+            host, port = split_listen(config.listen)
+            # backlog: aiohttp's 128 drops bursts of new streams.
+            site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port)
+            try:
+                await site.start()
+            except OSError as exc:
+                print(f"ollama-vllm-proxy: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+                return 1
+            if notifier.watchdog_usec:
+                watchdog = asyncio.create_task(_watchdog(notifier, notifier.watchdog_usec / 2e6))
+            notifier.ready(_status(app))
+            if reconfig.take_early_sighup():
+                reloads.request()
+            await stop.wait()
+        # SIGTERM before it listened too: what the start-up began (connections, managed
+        # vLLM children) is stopped by the cleanup below.
         notifier.stopping(f"draining {app[LIVE].current.config.service.drain_timeout:g} s")
         return 0
     finally:
         await reloads.cancel()  # a reload must not swap in a configuration while the app stops
-        await runner.cleanup()  # stops listening, drains, cancels what is left
+        await runner.cleanup()  # stops listening, drains, cancels what is left; after a cut start-up, exits what it entered
         if watchdog is not None:  # pings go on while draining: systemd must not kill a drain
             watchdog.cancel()
         notifier.close()
