@@ -38,14 +38,16 @@ def build(config: Config, timers: Timers, previous: Generation | None = None) ->
         backends.inherit(previous.backends)
     registry = Registry(config, backends, weights.present)
     keepalive = KeepAlive(list(backends), config.keep_alive, timers)
+    router = routing.router(config.routing.strategy, config.routing.affinity)
     if previous is not None:
         registry.inherit(previous.registry)
         keepalive.inherit(previous.keepalive)
+        router.inherit(previous.router)
     return Generation(
         config=config,
         backends=backends,
         registry=registry,
-        router=routing.router(config.routing.strategy, config.routing.affinity),
+        router=router,
         discovery=Discovery(registry, config.refresh_interval, timers),
         keepalive=keepalive,
         monitor=Monitor(lambda: backends, registry.replicated, config.routing.metrics_interval, timers),

@@ -18,10 +18,14 @@ plus at the few events that are not requests (health changes, failovers, model l
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from proxy import __version__
 
@@ -70,6 +74,41 @@ UNLOADS = Counter("ollama_proxy_model_unloads", "Managed-model stops, by reason"
 LOADED = Gauge("ollama_proxy_model_loaded", "1 while a managed model's vLLM runs", ("model",), multiprocess_mode="livemax")
 BUILD = Gauge("ollama_proxy_build_info", "Always 1; the proxy's version", ("version",), multiprocess_mode="livemax")
 BUILD.labels(__version__).set(1)
+
+
+# Per-backend gauges whose series a scrape leaves out once their backend is no longer in
+# the configuration (a reload removed it): the health at once, the counts once they are 0
+# (requests that started before the reload still show until they end).
+_HEALTH_GAUGES = frozenset({"ollama_proxy_backend_up"})
+_COUNT_GAUGES = frozenset({"ollama_proxy_inflight_requests", "ollama_proxy_queued_requests"})
+
+
+class Current:
+    """A collector over ``source`` (a registry, or the multiprocess collector) that shows
+    the per-backend gauges only for ``backends``, the configured ones. In multiprocess mode
+    a removed label set cannot be deleted from the other processes' files, so the scrape
+    filters instead, the same way in both modes."""
+
+    def __init__(self, source: Collector, backends: Collection[str]) -> None:
+        self._source, self._backends = source, backends
+
+    def collect(self) -> Iterator[Metric]:
+        families: Iterable[Metric] = self._source.collect()
+        for family in families:
+            if family.name in _HEALTH_GAUGES or family.name in _COUNT_GAUGES:
+                kept = [s for s in family.samples if self._shows(family.name, s.labels.get("backend", ""), s.value)]
+                if len(kept) != len(family.samples):
+                    family = _with_samples(family, kept)
+            yield family
+
+    def _shows(self, family: str, backend: str, value: float) -> bool:
+        return backend in self._backends or (family in _COUNT_GAUGES and value != 0)
+
+
+def _with_samples(family: Metric, samples: list[Sample]) -> Metric:
+    out = Metric(family.name, family.documentation, family.type, family.unit)
+    out.samples = samples
+    return out
 
 
 @dataclass(frozen=True)

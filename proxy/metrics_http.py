@@ -8,13 +8,14 @@ sums every process's files, so whichever worker answers gives the whole picture.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from proxy import auth
 from proxy.config import Config, split_listen
+from proxy.metrics import Current
 from proxy.middleware import canonical
 from proxy.state import DRAIN, LIVE, TIMERS
 
@@ -31,17 +32,19 @@ MIDDLEWARES = [canonical, auth.identify]
 
 
 async def handler(request: web.Request) -> web.Response:
-    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+    backends = request.app[LIVE].current.registry.backend_names()
+    return web.Response(body=exposition(backends), headers={"Content-Type": CONTENT_TYPE})
 
 
-def exposition() -> bytes:
+def exposition(backends: Collection[str]) -> bytes:
     """The text format: in multiprocess mode merged from every process's files at each
-    scrape (prometheus-client's documented pattern), else this process's registry."""
+    scrape (prometheus-client's documented pattern), else this process's registry; the
+    per-backend gauges only for ``backends`` (proxy/metrics.py ``Current``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+        return generate_latest(Current(registry, backends))
+    return generate_latest(Current(REGISTRY, backends))
 
 
 def on_main_port(app: web.Application, config: Config) -> None:

@@ -77,6 +77,11 @@ class Registry:
     def backends(self) -> list[BackendState]:
         return list(self._states.values())
 
+    def backend_names(self) -> set[str]:
+        """Every backend name this configuration has: the configured ones and the managed
+        models' (their servers' metrics carry the model's name)."""
+        return {*self._states, *(state.config.name for _, state in self._managed.values())}
+
     def update(self, backend: str, cards: list[dict[str, Any]], now_ns: int) -> list[str]:
         """Record a successful listing; returns served names not seen before (to probe)."""
         state = self._states[backend]

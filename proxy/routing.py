@@ -74,6 +74,13 @@ class Affinity:
             self._sticky.popitem(last=False)
         return chosen
 
+    def inherit(self, old: Affinity) -> None:
+        """After a reload: the conversations ``old`` placed stay where they are. One held by
+        a backend that is gone chooses again on its next turn (``choose`` finds no holder)."""
+        self._sticky = OrderedDict(old._sticky)
+        while len(self._sticky) > self._capacity:
+            self._sticky.popitem(last=False)
+
     @staticmethod
     def _gives_way(held: Backend, candidates: Sequence[Backend]) -> bool:
         return held.load.saturated() and any(b.load.score() < held.load.score() for b in candidates if b is not held)
@@ -82,6 +89,12 @@ class Affinity:
 class Router:
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
+
+    def inherit(self, old: Router) -> None:
+        """A reload's new router keeps the old one's conversation memory (when both keep
+        conversations on their replica), so a SIGHUP moves no conversation."""
+        if isinstance(self.strategy, Affinity) and isinstance(old.strategy, Affinity):
+            self.strategy.inherit(old.strategy)
 
     def pick(self, candidates: Sequence[Backend], key: str | None = None, exclude: Collection[Backend] = ()) -> Backend | None:
         """The backend for a request. With ``exclude`` (a failover) only a healthy one

@@ -52,6 +52,8 @@ class FakeVLLM:
         self.stall = False  # stop after the role chunk and wait for the client to leave
         self.token_delay = 0.0
         self.first_token_delay = 0.0  # prefill: seconds before the first token of a running request
+        self.serve_metrics = True  # False: GET /metrics is a 404 (the proxy routes on its own counts)
+        self.head_delay = 0.0  # seconds before a generation's response head (the proxy's latency figure)
         self.max_num_seqs = 0  # like vLLM's --max-num-seqs: streams generating at once, the rest wait FCFS; 0 = no limit
         self.dev_mode = False  # VLLM_SERVER_DEV_MODE=1: GET /server_info answers (with max_num_seqs)
         self.server_info_calls = 0
@@ -208,6 +210,8 @@ class FakeVLLM:
         return web.json_response({"vllm_config": config, "vllm_env": {}, "system_env": {}})
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        if not self.serve_metrics:
+            raise web.HTTPNotFound()
         text = f'vllm:num_requests_running{{engine="0",model_name="tiny"}} {float(self.active)}\n'
         text += 'vllm:num_requests_waiting{engine="0",model_name="tiny"} 0.0\n'
         return web.Response(text=text)
@@ -228,6 +232,8 @@ class FakeVLLM:
             await asyncio.sleep(0.01)
         else:
             return self.error(503, "held while sleeping: nobody called /wake_up", "ServiceUnavailableError")
+        if self.head_delay:
+            await asyncio.sleep(self.head_delay)
         reply = self.reply
         limit = body.get("max_tokens")
         if not chat and limit is None:

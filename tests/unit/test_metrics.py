@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from proxy import metrics
 from proxy.config import ConfigError, from_mapping
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def value(name: str, **labels: str) -> float:
-    return Scrape(exposition().decode()).get(name, **labels)
+    return Scrape(exposition({"unit-q", "unit-a", "unit-b"}).decode()).get(name, **labels)
 
 
 @pytest.mark.parametrize(("raw", "listen"), [
@@ -71,6 +72,28 @@ def test_in_flight_moves_with_a_failover_and_ends_with_the_request() -> None:
         assert value("ollama_proxy_inflight_requests", **on, backend="unit-b") == 1
     inflight.move("unit-c")  # a late move (the request has ended) counts nothing
     assert [value("ollama_proxy_inflight_requests", **on, backend=b) for b in ("unit-a", "unit-b", "unit-c")] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(("name", "labels", "number", "shown"), [
+    pytest.param("ollama_proxy_backend_up", {"backend": "kept"}, 1, True, id="a-configured-backends-health"),
+    pytest.param("ollama_proxy_backend_up", {"backend": "gone"}, 1, False, id="a-removed-backends-health"),
+    pytest.param("ollama_proxy_backend_up", {"backend": "gone"}, 0, False, id="a-removed-backend-that-was-down"),
+    pytest.param("ollama_proxy_inflight_requests", {"model": "m", "backend": "gone"}, 2, True, id="still-in-flight"),
+    pytest.param("ollama_proxy_inflight_requests", {"model": "m", "backend": "gone"}, 0, False, id="in-flight-ended"),
+    pytest.param("ollama_proxy_queued_requests", {"model": "m", "backend": "gone"}, 0, False, id="queue-ended"),
+    pytest.param("ollama_proxy_queued_requests", {"model": "m", "backend": "kept"}, 0, True, id="a-configured-queue"),
+    pytest.param("ollama_proxy_rejected_requests", {"backend": "gone", "reason": "queue_full"}, 3, True,
+                 id="a-counter-stays"),
+])  # fmt: skip
+def test_a_scrape_shows_per_backend_gauges_only_for_configured_backends(
+    name: str, labels: dict[str, str], number: float, shown: bool
+) -> None:
+    registry = CollectorRegistry()
+    kind = Counter if name.endswith("rejected_requests") else Gauge
+    series = kind(name, "test", tuple(labels), registry=registry)
+    series.labels(**labels).inc(number)
+    kept = [(s.name, s.labels) for f in metrics.Current(registry, {"kept"}).collect() for s in f.samples]
+    assert ((name + ("_total" if kind is Counter else ""), labels) in kept) is shown
 
 
 @pytest.mark.parametrize(("reason", "label"), [

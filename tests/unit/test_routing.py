@@ -78,6 +78,24 @@ def test_affinity_forgets_the_oldest_keys() -> None:
     assert sticky.choose([a, b], "old").name == "a"
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "placed"),
+    [
+        pytest.param(True, True, "b", id="affinity-both: kept"),
+        pytest.param(True, False, "a", id="affinity-turned-off: plain choice"),
+        pytest.param(False, True, "a", id="affinity-turned-on: nothing to keep"),
+    ],
+)
+def test_a_new_router_keeps_the_old_ones_conversations(before: bool, after: bool, placed: str) -> None:
+    a, b = backend("a"), backend("b")
+    old = Router(Affinity(First()) if before else First())
+    old.strategy.choose([b, a], "older")
+    old.strategy.choose([b, a], "k")  # placed on b
+    new = Router(Affinity(First(), capacity=1) if after else First())  # keeps the newest key only
+    new.inherit(old)
+    assert new.pick([a, b], "k").name == placed  # type: ignore[union-attr]
+
+
 def test_the_router_prefers_healthy_replicas_and_fails_over_only_to_another() -> None:
     a, b = backend("a"), backend("b")
     route = Router(First())
