@@ -109,6 +109,8 @@ async def loaded(
             generation = live(request)
             backend = generation.backends.at(route.backend.config, lease.url.rstrip("/"))
             running = route._replace(backend=backend, replicas=(backend,))
+            if turn:  # without --max-num-seqs in its args: its /server_info, if in dev mode (asked once)
+                await backend.learn_batch_size()
             if turn and not admit.take(request, backend):
                 await admit.wait(request, backend)
             registry = generation.registry

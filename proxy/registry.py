@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from proxy import names, toolconf
 from proxy.backend import Backend, Backends
 from proxy.config import BackendConfig, Config, ModelEntry
+from proxy.fairconf import BackendTurns
 from proxy.managed import library
 from proxy.translate import fim
 from proxy.translate.models import ModelFacts
@@ -63,7 +64,11 @@ class Registry:
             self._alias.update({str(names.key(a)): key for a in item.aliases})
         for entry in library.managed(config):
             assert entry.launch is not None
-            placeholder = BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False)
+            # Its vLLM's batch (--max-num-seqs) is the fair-turn limit, and with
+            # --scheduling-policy priority the keys' priorities are sent to it.
+            placeholder = BackendConfig(url=f"managed:{entry.launch.model}", name=entry.name, discover=False,
+                                        scheduling_policy=entry.launch.scheduling_policy(),
+                                        turns=BackendTurns(max_concurrency=entry.launch.max_num_seqs()))  # fmt: skip
             state = BackendState(backends.make(placeholder))
             state.capabilities[entry.served] = library.capabilities(entry.launch, self._catalog)
             state.seen_ns[entry.served] = time.time_ns()

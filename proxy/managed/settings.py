@@ -61,14 +61,19 @@ class LaunchSettings:
     def max_model_len(self) -> int | None:
         """``--max-model-len N`` when the arguments fix it, so listings know the context
         before vLLM runs (vLLM serves exactly that length when it is given)."""
+        return _whole(flag(self.full_args(), "--max-model-len"))
+
+    def max_num_seqs(self) -> int | None:
+        """The batch the vLLM it starts runs at once, when the arguments fix it: its
+        ``--max-num-seqs`` per data-parallel rank, times ``--data-parallel-size``."""
         args = self.full_args()
-        for i, arg in enumerate(args):
-            value = arg.partition("=")[2] if arg.startswith("--max-model-len=") else None
-            if arg == "--max-model-len" and i + 1 < len(args):
-                value = args[i + 1]
-            if value is not None and value.isdigit():
-                return int(value)
-        return None
+        seqs = _whole(flag(args, "--max-num-seqs"))
+        ranks = _whole(flag(args, "--data-parallel-size")) or _whole(flag(args, "-dp")) or 1
+        return seqs * ranks if seqs else None
+
+    def scheduling_policy(self) -> str:
+        """vLLM's ``--scheduling-policy`` as the arguments set it (vLLM's default: fcfs)."""
+        return flag(self.full_args(), "--scheduling-policy") or "fcfs"
 
     def capabilities(self) -> tuple[str, ...]:
         return families.capabilities(self.full_args())
@@ -77,6 +82,25 @@ class LaunchSettings:
         command = self.command or (vllm_python or sys.executable, "-m", VLLM_MODULE)
         return LaunchSpec(name=name, model=self.model, served=served, command=command, args=self.full_args(),
                           env=dict(self.env), gpu_share=self.gpu_share, device=self.device)  # fmt: skip
+
+
+def flag(args: tuple[str, ...], name: str) -> str | None:
+    """The value of vLLM flag ``name`` in ``args`` (``--flag V`` or ``--flag=V``; vLLM's
+    parser takes ``_`` for ``-`` in flag names too); the last one wins, as in argparse."""
+    value = None
+    for i, arg in enumerate(args):
+        key, sep, rest = arg.partition("=")
+        if key.replace("_", "-") != name:
+            continue
+        if sep:
+            value = rest
+        elif i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def _whole(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and int(value) > 0 else None
 
 
 def parse(data: Any, where: str) -> LaunchSettings:

@@ -117,6 +117,8 @@ class FakeLauncher:
             await server.start()
         child = FakeChild(spec, 100 + len(self.launched), self.fail.get(spec.model), server)
         self.launched.append(child)
+        if self.on_launch is not None:  # e.g. to set up the child's fake vLLM before its first request
+            self.on_launch(child)
         if self.auto_ready:
             child.ready_gate.set()
         return child
