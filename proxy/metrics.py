@@ -187,7 +187,7 @@ def queue_wait(model: str, backend: str, seconds: float) -> None:
 
 def rejected(backend: str, reason: str) -> None:
     """For admission control: a request refused, ``reason`` one of a few fixed words
-    (queue_full, queue_timeout, user_limit)."""
+    (queue_full, queue_timeout). A user at ``max_user_concurrency`` waits, it is not refused."""
     REJECTED.labels(backend, reason).inc()
 
 

@@ -119,20 +119,41 @@ async def _relay_sse(request: web.Request, upstream: UpstreamStream, rename: _Re
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     decoder = SSEDecoder()
     secrets = tuple(s.encode() for s in live(request).config.secrets())
+    tail: list[bytes] = []  # the last events: where vLLM puts ``usage``
     try:
         body = AsyncBody(upstream)
         await response.prepare(request)
         context.response = response
         async for data in body.chunks():
             events = decoder.feed(data)
-            if not context.first_ns and events:
-                context.first_ns = time.monotonic_ns()
-                context.log["ttft_ms"] = round((context.first_ns - context.arrival_ns) / 1e6, 1)
             if events and secrets:  # vLLM's error events may quote a credential (proxy/redact.py)
                 events = [scrub_error_event(e, secrets) for e in events]
             if events:
+                if not context.first_ns:
+                    context.first_ns = time.monotonic_ns()
+                    context.log["ttft_ms"] = round((context.first_ns - context.arrival_ns) / 1e6, 1)
+                tail = events[-_TAIL:] if len(events) >= _TAIL else [*tail[len(events) - _TAIL :], *events]
                 await response.write(b"".join(b"data: " + (e if e == DONE else rename(e)) + b"\n\n" for e in events))
     finally:
         upstream.close()
+    record_usage(context, _final_usage(tail))
     await response.write_eof()
     return response
+
+
+_TAIL = 3  # the usage chunk, [DONE], and one more in case vLLM ends otherwise
+
+
+def _final_usage(tail: list[bytes]) -> Any:
+    """The ``usage`` of the stream's last event that has one: vLLM sends it in a final chunk
+    with ``stream_options.include_usage`` (or ``--enable-force-include-usage``), and with
+    ``continuous_usage_stats`` in every chunk, the last one the total. Only the tail is
+    parsed, once the stream has ended."""
+    for event in reversed(tail):
+        if event != DONE and b'"usage"' in event:
+            try:
+                data = orjson.loads(event)
+            except orjson.JSONDecodeError:
+                return None
+            return data.get("usage") if isinstance(data, dict) else None
+    return None

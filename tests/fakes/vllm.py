@@ -271,7 +271,12 @@ class FakeVLLM:
                       tokens: list[str], finish: str, usage: dict[str, Any]) -> None:  # fmt: skip
         if self.first_token_delay:
             await asyncio.sleep(self.first_token_delay)
-        for event in self._events(body, chat, tokens, finish):
+        options = body.get("stream_options") or {}
+        continuous = options.get("include_usage") and options.get("continuous_usage_stats")
+        for n, event in enumerate(self._events(body, chat, tokens, finish)):
+            if continuous:  # vLLM's running counts in every chunk
+                done = min(n, usage["completion_tokens"])
+                event = {**event, "usage": {**usage, "completion_tokens": done, "total_tokens": usage["prompt_tokens"] + done}}
             if self.stall:
                 self.stall_started.set()
                 await _wait_for_disconnect(request)

@@ -79,13 +79,44 @@ async def test_a_scrape_counts_real_requests_their_first_tokens_and_tokens(
     assert grew(before, after, ttft, model="tiny:latest", backend="metered") == 4
     assert grew(before, after, "gen_ai_server_time_per_output_token_seconds_count", model="tiny:latest") == 3
     assert grew(before, after, "gen_ai_server_request_duration_seconds_count", route="/api/chat", model="tiny:latest") == 2
-    # Tokens as vLLM counted them, for the four replies that carry usage (the SSE stream's is not parsed).
+    # Tokens as vLLM counted them, for the four replies that carry usage (the SSE stream was not asked for it).
     assert grew(before, after, "gen_ai_client_token_usage_count", model="tiny:latest", type="output") == 4
     assert grew(before, after, "gen_ai_client_token_usage_sum", model="tiny:latest", type="output") == output
     assert grew(before, after, "gen_ai_client_token_usage_sum", model="tiny:latest", type="input") == prompt
     assert after.get("ollama_proxy_inflight_requests", model="tiny:latest", backend="metered") == 0
     assert after.get("ollama_proxy_backend_up", backend="metered") == 1
     assert after.get("ollama_proxy_build_info", version=__import__("proxy").__version__) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "counted", "first_token"),
+    [
+        pytest.param({"stream": True, "stream_options": {"include_usage": True}}, True, True, id="streamed-with-usage"),
+        pytest.param(
+            {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+            True,
+            True,
+            id="streamed-usage-in-every-chunk: the last",
+        ),  # fmt: skip
+        pytest.param({"stream": True}, False, True, id="streamed-without-usage"),
+        pytest.param({"stream": False}, True, False, id="not-streamed: no first token"),
+    ],
+)
+async def test_the_v1_passthrough_counts_vllms_usage(
+    start_proxy: Any, fake: FakeVLLM, session: aiohttp.ClientSession, extra: dict[str, Any], counted: bool, first_token: bool
+) -> None:
+    base = await start_proxy(backends=[{"url": fake.url, "name": "metered-v1"}])
+    before = await scrape(session, f"{base}/metrics")
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "count these tokens"}], **extra}
+    status, raw = await post(session, f"{base}/v1/chat/completions", body)
+    assert status == 200
+    after = await scrape(session, f"{base}/metrics")
+    prompt, output = usage_of(fake, fake.requests[-1][0])
+    tokens = "gen_ai_client_token_usage_sum"
+    assert grew(before, after, tokens, model="tiny:latest", type="output") == (output if counted else 0)
+    assert grew(before, after, tokens, model="tiny:latest", type="input") == (prompt if counted else 0)
+    ttft = "gen_ai_server_time_to_first_token_seconds_count"
+    assert grew(before, after, ttft, model="tiny:latest", backend="metered-v1") == (1 if first_token else 0)
 
 
 async def test_embeddings_count_their_input_tokens(start_proxy: Any, fake: FakeVLLM, session: aiohttp.ClientSession) -> None:
