@@ -176,6 +176,9 @@ class Supervisor:
             self._notifier.ready(f"reload failed: {exc}")
             return
         self._config, waiting = merge(self._config, new)
+        from proxy import logs  # noqa: PLC0415 - see the module docstring (metrics); imports no prometheus-client
+
+        logs.add_secrets(self._config.secrets())  # the managed models' log lines, written here, mask them too
         later = f" ({', '.join(waiting)} apply at the next restart)" if waiting else ""
         _say(f"reloading the configuration in every worker{later}")
         self._announce = "reloaded"

@@ -257,10 +257,11 @@ async def test_sighup_reload_keeps_the_stream_in_flight_and_serves_the_new_backe
         await other.stop()
 
 
-async def test_sighup_applies_new_api_keys_to_the_next_request(
-    fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy]
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
+async def test_sighup_applies_new_api_keys_to_the_next_request_and_keeps_them_out_of_the_log(
+    fake: FakeVLLM, tmp_path: Path, notify: NotifySocket, proxies: list[Proxy], workers: int
 ) -> None:
-    proxy = await _up(proxies, tmp_path, notify, [fake.url])
+    proxy = await _up(proxies, tmp_path, notify, [fake.url], workers=workers)
     assert "tiny:latest" in await proxy.tags()  # no keys: open
     proxy.write([fake.url], api_keys='[{name: alice, key: "reloaded-key-1234"}]')
     proxy.signal(signal.SIGHUP)
@@ -271,7 +272,13 @@ async def test_sighup_applies_new_api_keys_to_the_next_request(
         headers = {"Authorization": "Bearer reloaded-key-1234"}
         async with session.get(f"{proxy.base}/api/tags", headers=headers) as reply:
             assert reply.status == 200
+        # A client that pastes the key into a path: the request's log line has the path.
+        for _ in range(2 * workers):  # with two workers, each one's scrubber
+            async with session.get(f"{proxy.base}/reloaded-key-1234", headers=headers) as reply:
+                assert reply.status == 404
+    await until(lambda: len([r for r in proxy.events("request") if r.get("status") == 404]) >= 2 * workers)
     assert "reloaded-key-1234" not in proxy.log.read_text()
+    assert {r["path"] for r in proxy.events("request") if r.get("status") == 404} == {"/***"}
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import structlog
 
+from proxy import logs
 from proxy.config import Config
+from proxy.reconfig import Recipe
 from proxy.workers import EXIT_CANNOT_LISTEN, Supervisor, _Slot, watch_eof
 
 
@@ -49,3 +54,23 @@ def test_the_pipe_watch_fires_when_the_parent_end_closes() -> None:
     os.close(write)  # what the kernel does when the parent dies
     assert fired.wait(5)
     os.close(read)
+
+
+def test_a_reload_masks_the_new_keys_in_the_parents_own_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With managed models the parent writes their vLLM's output lines to the log."""
+    config = tmp_path / "config.yaml"
+    config.write_text("backends: [{url: http://127.0.0.1:1}]\n")
+    recipe = Recipe(path=str(config))
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    logs.configure("info", "json", recipe.build({}).secrets())
+    try:
+        supervisor = Supervisor(recipe.build({}), 2, recipe)
+        config.write_text('backends: [{url: http://127.0.0.1:1}]\napi_keys: [{name: a, key: "parent-key-5678"}]\n')
+        supervisor._reload()
+        structlog.get_logger("proxy.vllm").info("vLLM output", line="token parent-key-5678 echoed")
+        out = capsys.readouterr().out
+    finally:  # the process-wide logging set-up back as the other tests expect it
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+    assert "echoed" in out and "parent-key-5678" not in out
