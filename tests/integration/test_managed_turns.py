@@ -15,7 +15,7 @@ from proxy.app import create_app
 from proxy.config import from_mapping
 from proxy.state import ADMISSION
 from tests.fakes.launcher import FakeChild, FakeLauncher
-from tests.integration.test_fair_turns import until
+from tests.integration.helpers import until
 
 CHAT = {"model": "turns:1b", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -13,8 +13,8 @@ import pytest
 from proxy.app import create_app, reload
 from proxy.config import from_mapping
 from tests.fakes.vllm import FakeVLLM, Model, Reply
+from tests.integration.helpers import until
 from tests.integration.test_metrics import scrape
-from tests.integration.test_supervision import until
 
 
 @pytest.fixture

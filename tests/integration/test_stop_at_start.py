@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.integration.helpers import REPO, free_port, until
 from tests.integration.test_service import NotifySocket
-from tests.integration.test_supervision import until
-from tests.integration.test_workers_and_overload import REPO, free_port
 from tests.procs import launched
 
 
