@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import CpuGroup, CpuSample, tree_cpu
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 HOST = "127.0.0.1"
@@ -50,10 +52,24 @@ class Proc:
     port: int
     log: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    group: CpuGroup | None = None  # its own cgroup: CPU of every thread and process it ever ran
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def cpu(self) -> CpuSample:
+        """Cumulative CPU: from its cgroup when it has one, else from /proc (tree_cpu)."""
+        if self.group is not None:
+            try:
+                return self.group.sample()
+            except (OSError, ValueError, KeyError):
+                pass
+        return tree_cpu(self.pid)
+
+    @property
+    def accounting(self) -> str:
+        return f"cgroup {self.group.version}" if self.group is not None else "/proc"
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -71,6 +87,8 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if self.group is not None:
+            self.group.remove()
 
     def log_summary(self, samples: int = 5) -> dict[str, Any]:
         """Counts of warning/error lines (JSON `level` field or plain text) and a few distinct samples."""
@@ -114,13 +132,21 @@ class Proc:
             return ""
 
 
-def _spawn(name: str, cmd: list[str], port: int, workdir: Path, cwd: Path | None = None) -> Proc:
+def _spawn(name: str, cmd: list[str], port: int, workdir: Path, cwd: Path | None = None, account: bool = False) -> Proc:
+    """Start ``cmd``; with ``account`` in a cgroup of its own when one can be made."""
     log = workdir / f"{name}.log"
+    group = CpuGroup.make(f"ollama-vllm-bench-{name}") if account else None
     with open(log, "wb") as fh:
         popen = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=group.preexec if group is not None else None,  # noqa: PLW1509 - writes one file, then exec
         )
-    return Proc(name, popen, port, log)
+    return Proc(name, popen, port, log, group=group)
 
 
 def _wait(proc: Proc, ok: Any, timeout: float) -> None:
@@ -178,7 +204,10 @@ def proxy_help_works(timeout: float = 20.0) -> bool:
 
 
 def start_proxy(workdir: Path, backend_port: int, cpus: str | None, extra_args: list[str], timeout: float = 30.0) -> Proc:
+    """The proxy with one worker, as nginx runs one (compared 1:1), unless ``extra_args`` set ``--workers``."""
     port = free_port()
+    if not any(a == "--workers" or a.startswith("--workers=") for a in extra_args):
+        extra_args = ["--workers", "1", *extra_args]
     cmd = [
         *pin_prefix(cpus),
         sys.executable,
@@ -191,7 +220,7 @@ def start_proxy(workdir: Path, backend_port: int, cpus: str | None, extra_args: 
         f"{HOST}:{port}",
         *extra_args,
     ]
-    proc = _spawn("proxy", cmd, port, workdir, cwd=REPO_ROOT)
+    proc = _spawn("proxy", cmd, port, workdir, cwd=REPO_ROOT, account=True)
     proc.extra["cmd"] = cmd
 
     def ready() -> bool:
@@ -257,6 +286,6 @@ def start_nginx(workdir: Path, backend_port: int, cpus: str | None) -> Proc:
     conf = d / "nginx.conf"
     conf.write_text(NGINX_CONF.format(d=d, host=HOST, backend=backend_port, port=port))
     cmd = [*pin_prefix(cpus), exe, "-p", str(d), "-c", str(conf), "-e", str(d / "nginx-error.log")]
-    proc = _spawn("nginx", cmd, port, workdir)
+    proc = _spawn("nginx", cmd, port, workdir, account=True)
     _wait(proc, lambda: http_get(port, "/health")[0] == 200, 15)
     return proc

@@ -47,7 +47,7 @@ def summarize_level(runs: list[Run]) -> dict[str, Any]:
         for t, run in rr.items():
             ld = run["load"]
             add(t, "events_per_s", ld["events_per_s"])
-            for k in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms", "gap_p99_ms"):
+            for k in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms", "gap_p50_ms", "gap_p99_ms"):
                 add(t, k, ld[k])
             add(t, "failed", ld["failed"])
             add(t, "short", ld["short"])
@@ -56,11 +56,12 @@ def summarize_level(runs: list[Run]) -> dict[str, Any]:
                 add(t, "cpu_us_per_event", _us_per_event(run))
                 add(t, "user_us_per_event", _us_per_event(run, "user_ns"))
                 add(t, "sys_us_per_event", _us_per_event(run, "sys_ns"))
+                add(t, "irq_us_per_event", _us_per_event(run, "irq_ns"))
                 add(t, "cpu_util", run.get("cpu_util"))
                 if d is not None:
                     de = d["load"]["events_per_s"]
                     add(t, "ratio_vs_direct", ld["events_per_s"] / de if de else None)
-                    for k in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms"):
+                    for k in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms", "gap_p99_ms"):
                         add(t, "added_" + k, _diff(run, d, k))
         p, n = rr.get("proxy"), rr.get("nginx")
         if p is not None and n is not None:
@@ -95,7 +96,7 @@ def render(levels: dict[int, dict[str, Any]], targets: list[str], latency: bool 
     relays = [t for t in ("proxy", "nginx") if t in targets]
     h1 = ["c", "direct ev/s"]
     for t in relays:
-        h1 += [f"{t}/direct", f"{t} µs/ev (user/sys)"]
+        h1 += [f"{t}/direct", f"{t} µs/ev (user/sys/irq)"]
     if "proxy" in relays and "nginx" in relays:
         h1.append("proxy/nginx CPU")
     h1 += ["fake µs/ev", "fail/short"]
@@ -105,8 +106,8 @@ def render(levels: dict[int, dict[str, Any]], targets: list[str], latency: bool 
         row = [str(c), _f(_get(s, "direct", "events_per_s"), 0)]
         for t in relays:
             us = _get(s, t, "cpu_us_per_event")
-            u, y = _get(s, t, "user_us_per_event"), _get(s, t, "sys_us_per_event")
-            split = f" ({u['median']:.0f}/{y['median']:.0f})" if u and y else ""
+            u, y, q = (_get(s, t, f"{k}_us_per_event") for k in ("user", "sys", "irq"))
+            split = f" ({u['median']:.0f}/{y['median']:.0f}/{q['median'] if q else 0:.0f})" if u and y else ""
             row += [_f(_get(s, t, "ratio_vs_direct")), _f(us, 1) + split]
         if "proxy" in relays and "nginx" in relays:
             row.append(_f(_get(s, "proxy", "cpu_ratio_vs_nginx")))
@@ -117,18 +118,19 @@ def render(levels: dict[int, dict[str, Any]], targets: list[str], latency: bool 
         return _table(h1, rows1) + "\n(burst: latencies measure queueing, not relay cost; see the JSON)"
     h2 = ["c", "direct TTFT p50/p99 ms", "direct delay p50/p99 ms"]
     for t in relays:
-        h2 += [f"{t} +TTFT p50", f"{t} +TTFT p99", f"{t} +delay p50", f"{t} +delay p99"]
+        h2 += [f"{t} +TTFT p50", f"{t} +TTFT p99", f"{t} +delay p50", f"{t} +delay p99", f"{t} +gap p99"]
     rows2 = []
     for c, lv in sorted(levels.items()):
         s = lv["summary"]
         d = s.get("direct", {})
         row = [str(c), _pair(d.get("ttft_p50_ms"), d.get("ttft_p99_ms")), _pair(d.get("delay_p50_ms"), d.get("delay_p99_ms"))]
         for t in relays:
-            row += [_f(_get(s, t, "added_" + k)) for k in ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms")]
+            keys = ("ttft_p50_ms", "ttft_p99_ms", "delay_p50_ms", "delay_p99_ms", "gap_p99_ms")
+            row += [_f(_get(s, t, "added_" + k)) for k in keys]
         rows2.append(row)
     return (
         _table(h1, rows1) + "\n\nAdded latency vs direct in the same round, ms (delay = receive − send stamp "
-        "of each content event):\n" + _table(h2, rows2)
+        "of each content event; gap = time between two content events of a stream):\n" + _table(h2, rows2)
     )
 
 

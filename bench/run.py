@@ -1,8 +1,11 @@
 """Benchmark runner: client → {direct fake vLLM | proxy | nginx byte relay} → fake vLLM.
 
-Per concurrency level the targets run interleaved (direct, proxy, nginx, direct, proxy, nginx, ...),
-each run preceded by a short warm-up so pooled upstream connections are open. Relay CPU comes from
-/proc over the process tree. Figures are medians over rounds with min–max; ratios and differences are
+Per concurrency level the targets run interleaved, in a different order every round (each
+permutation in turn), each run preceded by a short warm-up so pooled upstream connections are open.
+Relay CPU comes from a cgroup of the relay's own (every thread and process, exited ones too; /proc
+when no cgroup can be made) plus the interrupt time of the CPUs the relay is pinned to (loopback's
+receive work for what the relay sent, which the kernel charges to no process). The proxy runs one
+worker, like nginx, unless --proxy-arg=--workers says otherwise. Figures are medians over rounds with min–max; ratios and differences are
 paired within a round. See bench/README.md.
 
     python bench/run.py --mode paced --streams 16,64,256,512 --rounds 5 --json bench/results.json
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -70,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.smoke:
         a.mode, a.streams, a.rounds, a.rss_streams = "burst", "16", 3, 0
+        a.targets = "direct,proxy"  # the gate is proxy/direct; nginx would only lengthen it
         a.tokens = a.tokens or 5000
     if a.stagger_s is None:
         a.stagger_s = 1.0 if a.mode == "paced" else 0.0
@@ -110,6 +115,7 @@ class Bench:
         pin = not a.no_pin and (os.cpu_count() or 1) >= 2
         self.client_cpus = a.client_cpus if pin else None
         self.relay_cpus = a.relay_cpus if pin else None
+        self.relay_cpu_set = {int(c) for c in self.relay_cpus.split(",")} if self.relay_cpus else set()
         self.fake: relays.Proc | None = None
         self.relays: dict[str, relays.Proc] = {}
         self.targets: list[str] = []
@@ -186,7 +192,8 @@ class Bench:
         leftover = await self.wait_fake_idle(5.0)
         tokens = self.tokens_for(c)
         relay = self.relays.get(target)
-        cpu0 = procstat.tree_cpu(relay.pid) if relay else None
+        cpu0 = relay.cpu() if relay else None
+        irq0 = procstat.cpu_irq_ns(self.relay_cpu_set) if relay and self.relay_cpu_set else None
         fake0 = procstat.tree_cpu(self.fake.pid)
         t0 = time.monotonic_ns()
         res = await load.run_load(
@@ -202,11 +209,15 @@ class Bench:
             "wall_ns": wall_ns,
             "fake_cpu_ns": (fake1 - fake0).run_ns,
             "fake_idle_before": leftover == 0,
+            "loadavg_1m": os.getloadavg()[0],
         }
         if relay is not None and cpu0 is not None:
-            d = procstat.tree_cpu(relay.pid) - cpu0
+            d = relay.cpu() - cpu0
+            irq = procstat.cpu_irq_ns(self.relay_cpu_set) - irq0 if irq0 is not None else 0
             run.update(
-                cpu_ns=d.run_ns,
+                cpu_ns=d.run_ns + irq,
+                process_ns=d.run_ns,
+                irq_ns=irq,
                 user_ns=int(d.user_s * 1e9),
                 sys_ns=int(d.sys_s * 1e9),
                 cpu_util=round(d.run_ns / wall_ns, 3),
@@ -216,8 +227,9 @@ class Bench:
 
     async def level(self, c: int) -> dict[str, Any]:
         runs = []
+        orders = list(itertools.permutations(self.targets))
         for rnd in range(self.a.rounds):
-            for target in self.targets:
+            for target in orders[rnd % len(orders)]:  # no target always runs first, or after another
                 if target != "direct" and not self.relays[target].alive():
                     continue
                 run = await self.one_run(target, c, rnd)
@@ -309,6 +321,7 @@ async def main_async(a: argparse.Namespace) -> int:
         out["meta"]["pinning"] = {"client_and_fake": bench.client_cpus, "relay": bench.relay_cpus}
         for name, proc in bench.relays.items():
             out["meta"][f"{name}_processes"] = len(procstat.descendants(proc.pid))
+            out["meta"][f"{name}_cpu_accounting"] = proc.accounting
         if "proxy" in bench.relays:
             out["meta"]["proxy_cmd"] = bench.relays["proxy"].extra.get("cmd")
         for n in bench.notes:
@@ -318,7 +331,10 @@ async def main_async(a: argparse.Namespace) -> int:
             + (f" tick={a.tick_ms}ms" if a.mode == "paced" else "")
             + f" rounds={a.rounds} stagger={a.stagger_s}s targets={','.join(bench.targets)}"
             f" pin client+fake={bench.client_cpus} relay={bench.relay_cpus}"
-            + "".join(f" {n}_processes={out['meta'][n + '_processes']}" for n in bench.relays),
+            + "".join(f" {n}_processes={out['meta'][n + '_processes']}" for n in bench.relays)
+            + "".join(f" {n}_cpu={out['meta'][n + '_cpu_accounting']}" for n in bench.relays)
+            + (f"+irq(cpu {bench.relay_cpus})" if bench.relay_cpus else "")
+            + f" loadavg={' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             flush=True,
         )
         if a.rss_streams > 0:
@@ -357,6 +373,7 @@ async def main_async(a: argparse.Namespace) -> int:
         + f", {a.rounds} rounds; figures are median [min–max] over rounds =="
     )
     print(report.render(levels, bench.targets, latency=a.mode == "paced"))
+    print(f"machine: {os.cpu_count()} CPUs, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if out.get("rss"):
         print("\nRSS per idle open stream (upstream stalled after the role chunk):")
         print(report.render_rss(out["rss"]))
