@@ -83,6 +83,7 @@ class Config:
 @dataclass
 class Stats:
     active: int = 0
+    peak_active: int = 0  # most streams open at once since the start or the last /bench/reset-peak
     streams: int = 0
     completed: int = 0
     aborted: int = 0  # client went away before the stream finished
@@ -298,6 +299,9 @@ class HttpProtocol(asyncio.Protocol):
                 return self._reply("200 OK", b"", b"text/plain; version=0.0.4")
             if path == "/bench/stats":
                 return self._reply("200 OK", self.server.stats.as_json())
+            if path == "/bench/reset-peak":
+                self.server.stats.peak_active = self.server.stats.active
+                return self._reply("200 OK", self.server.stats.as_json())
         elif method == "POST":
             if path in ("/v1/chat/completions", "/v1/completions"):
                 return self._completion(path == "/v1/chat/completions", body)
@@ -347,6 +351,7 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = True
         st = self.server.stats
         st.active += 1
+        st.peak_active = max(st.peak_active, st.active)
         st.streams += 1
         self._send(STREAM_HEAD)
         if chat:
