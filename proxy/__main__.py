@@ -40,7 +40,7 @@ def _options(serve: argparse.ArgumentParser) -> None:
                        help="address to listen on (default: $OLLAMA_HOST, else config, else 127.0.0.1:11434)")  # fmt: skip
     serve.add_argument("--config", metavar="PATH", help="YAML configuration file (see config.yaml)")
     serve.add_argument("--workers", type=int, metavar="N",
-                       help="worker processes sharing the port (default: config, else one per CPU core)")  # fmt: skip
+                       help="worker processes sharing the port (default: config, else 1)")  # fmt: skip
     serve.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
                        help="run vLLM for this Hugging Face id or local path on demand (repeatable); "
                        "NAME is its Ollama name")  # fmt: skip

@@ -71,7 +71,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
     refresh_interval: float = 10.0  # seconds between model discoveries
-    workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     max_inflight: int = 512  # per worker: generation requests in flight before 503 (Ollama's queue size)
     event_loop: str = "auto"  # auto (uvloop if installed) | uvloop | asyncio
     origins: tuple[str, ...] = ()  # extra CORS origins beyond Ollama's local defaults ("*" wildcards)
