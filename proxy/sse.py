@@ -20,6 +20,9 @@ class SSEDecoder:
         self._crlf = False  # a chunk ended in "\r": its "\n" may open the next chunk
 
     def feed(self, data: bytes) -> list[bytes]:
+        one = not self._buffer and not self._crlf and data.endswith(b"\n\n") and data.find(b"\n") == len(data) - 2
+        if one and data.startswith(b"data: ") and b"\r" not in data:  # the usual read: one whole one-line event
+            return [data[6:-2]]
         if b"\r" in data or self._crlf:
             data = self._normalise(data)
         buffer = self._buffer + data if self._buffer else data

@@ -55,3 +55,18 @@ def test_one_byte_at_a_time() -> None:
 )
 def test_framing_rows(raw: bytes, events: list[bytes]) -> None:
     assert decode([raw]) == events
+
+
+@pytest.mark.parametrize(
+    ("line_end", "blank"),
+    [
+        pytest.param(b"\n", b"\n", id="LF"),
+        pytest.param(b"\r\n", b"\r\n", id="CRLF"),
+        pytest.param(b"\r\n", b"\n", id="CRLF-line-LF-blank"),
+        pytest.param(b"\r", b"\r", id="CR"),
+    ],
+)
+def test_one_event_per_read(line_end: bytes, blank: bytes) -> None:
+    """How a relay reads vLLM: each upstream read is one whole event."""
+    reads = [b"data: " + e + line_end + blank for e in EVENTS]
+    assert decode(reads) == EVENTS
