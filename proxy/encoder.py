@@ -38,6 +38,10 @@ class Encoder:
         events = self.sse.feed(data)
         if not events:
             return b""
+        if len(events) == 1 and self._fold_key is None:  # the usual read: one token
+            line = self.translator.line(events[0], self._created_at(), now_ns)
+            if line is not None:
+                return line
         objects = self._translate(events, now_ns)
         if self._fold_key is not None:
             self._held += objects

@@ -87,6 +87,8 @@ def _openai_tool_call(call: Any, message_index: int, call_index: int) -> dict[st
 
 
 class ChatStreamTranslator(StreamTranslator):
+    TEXT_LINE = b'{"model":%b,"created_at":%b,"message":{"role":"assistant","content":"%b"},"done":false}\n'
+
     def chunk(self, created_at: str, text: str, thinking: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if thinking:

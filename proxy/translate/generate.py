@@ -114,6 +114,8 @@ def _context(request: Mapping[str, Any]) -> list[int]:
 
 
 class GenerateStreamTranslator(StreamTranslator):
+    TEXT_LINE = b'{"model":%b,"created_at":%b,"response":"%b","done":false}\n'
+
     def chunk(self, created_at: str, text: str, thinking: str) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "created_at": created_at, "response": text, "done": False}
         if thinking:

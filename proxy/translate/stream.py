@@ -7,8 +7,9 @@ Timings are the proxy's own wall-clock measurements (see ``_metrics``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 
@@ -17,6 +18,26 @@ from proxy.translate.common import to_ollama_done_reason
 
 _T = TypeVar("_T")
 _NO_DELTA: dict[str, Any] = {}  # read only
+
+# The chunks that carry one piece of text and nothing else, exactly as vLLM writes them
+# (vLLM 0.32, vllm/entrypoints/openai/serving_chat.py and serving_completion.py: pydantic's
+# JSON, fields in this order, nulls written out). The text group admits only the escapes
+# that orjson writes the same way (\" \\ \b \f \n \r \t; not \/ or \uXXXX) and no raw
+# control character, so its bytes are already what orjson would write for the decoded
+# text. Any other chunk (the role chunk, finish_reason, usage, logprobs, tool calls,
+# reasoning, other escapes, another server's field order) takes the parsing path of ``feed``.
+_TEXT_CHUNKS = (
+    re.compile(
+        rb'\{"id":"[^"\\]*","object":"chat\.completion\.chunk","created":\d+,"model":"[^"\\]*",'
+        rb'"choices":\[\{"index":0,"delta":\{"content":"((?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+)"\},"logprobs":null,"finish_reason":null'
+        rb'(?:,"token_ids":null)?\}\](?:,"usage":null)?\}'
+    ),
+    re.compile(
+        rb'\{"id":"[^"\\]*","object":"text_completion","created":\d+,"model":"[^"\\]*",'
+        rb'"choices":\[\{"index":0,"text":"((?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+)","logprobs":null,"finish_reason":null,"stop_reason":null'
+        rb'(?:,"prompt_token_ids":null)?(?:,"token_ids":null)?\}\](?:,"usage":null)?\}'
+    ),
+)
 
 
 @dataclass
@@ -39,6 +60,40 @@ class StreamTranslator:
     prompt_ids: list[int] | None = None  # from vLLM's return_token_ids
     output_ids: list[int] = field(default_factory=list)
     output_text: list[str] = field(default_factory=list)  # kept only while ids are missing
+    # ``line``'s output: the JSON of the model name and of the last ``created_at``
+    _model_json: bytes = field(default=b"", init=False, repr=False)
+    _created: str = field(default="", init=False, repr=False)
+    _created_json: bytes = field(default=b"", init=False, repr=False)
+    # the Ollama line of a text chunk, ``%`` (model JSON, created_at JSON, text bytes); see ``line``
+    TEXT_LINE: ClassVar[bytes] = b""
+
+    def line(self, event: bytes, created_at: str, now_ns: int) -> bytes | None:
+        """The NDJSON line for an event that is one of vLLM's plain text chunks
+        (``_TEXT_CHUNKS``), byte for byte what ``feed`` followed by ``orjson.dumps`` gives,
+        without parsing it; None for every other event, which then goes to ``feed``."""
+        for shape in _TEXT_CHUNKS:
+            match = shape.fullmatch(event)
+            if match is not None:
+                break
+        else:
+            return None
+        text = match.group(1)
+        if not text or not self.TEXT_LINE:
+            return None  # no line for an empty text; ``feed`` keeps the other bookkeeping
+        if not text.isascii():
+            try:
+                text.decode()
+            except UnicodeDecodeError:
+                return None  # ``feed`` reports it as a broken stream
+        if self.first_ns is None:
+            self.first_ns = now_ns
+        if self.context and self.prompt_ids is None:
+            self.output_text.append(orjson.loads(b'"%b"' % text) if b"\\" in text else text.decode())
+        if created_at != self._created:
+            self._created, self._created_json = created_at, orjson.dumps(created_at)
+        if not self._model_json:
+            self._model_json = orjson.dumps(self.model)
+        return self.TEXT_LINE % (self._model_json, self._created_json, text)
 
     def feed(self, event: bytes, created_at: str, now_ns: int) -> list[dict[str, Any]]:
         """The Ollama objects for one SSE event. A event that is not JSON, is a vLLM error,
