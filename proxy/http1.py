@@ -99,6 +99,13 @@ class ChunkedDecoder:
     def feed(self, data: bytes) -> bytes:
         if self._buffer:
             data, self._buffer = self._buffer + data, b""
+        elif self._state == _SIZE:  # the usual read: exactly one whole chunk, as a server writes it
+            eol = data.find(b"\r\n")
+            line = data[:eol]
+            if eol > 0 and not line.lstrip(_HEX):
+                size = int(line, 16)
+                if size and len(data) == eol + size + 4 and data.endswith(b"\r\n"):
+                    return data[eol + 2 : -2]
         out: list[bytes] = []
         pos, end = 0, len(data)
         while self._state == _SIZE:  # fast path: whole chunks, as a server writes them
