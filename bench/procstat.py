@@ -82,6 +82,23 @@ def tree_cpu(root: int) -> CpuSample:
     return CpuSample((user + sys_) * TICK_NS, user / CLK_TCK, sys_ / CLK_TCK)
 
 
+def live_tasks_ns(root: int) -> int:
+    """On-CPU ns of the threads alive now (``/proc/<pid>/task/*/schedstat``): what this module
+    used to report, which misses every thread and process that exited in between; kept to
+    show the difference (bench/run.py records both)."""
+    total = 0
+    for pid in descendants(root):
+        try:
+            for t in os.scandir(f"/proc/{pid}/task"):
+                try:
+                    total += int(Path(t.path, "schedstat").read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pass
+        except OSError:
+            pass
+    return total
+
+
 def _cgroup_roots() -> list[tuple[str, Path]]:
     roots = [("v1", Path("/sys/fs/cgroup/cpuacct"))]
     for p in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):

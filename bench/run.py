@@ -193,6 +193,7 @@ class Bench:
         tokens = self.tokens_for(c)
         relay = self.relays.get(target)
         cpu0 = relay.cpu() if relay else None
+        live0 = procstat.live_tasks_ns(relay.pid) if relay else 0
         irq0 = procstat.cpu_irq_ns(self.relay_cpu_set) if relay and self.relay_cpu_set else None
         fake0 = procstat.tree_cpu(self.fake.pid)
         t0 = time.monotonic_ns()
@@ -213,11 +214,13 @@ class Bench:
         }
         if relay is not None and cpu0 is not None:
             d = relay.cpu() - cpu0
+            live = procstat.live_tasks_ns(relay.pid) - live0
             irq = procstat.cpu_irq_ns(self.relay_cpu_set) - irq0 if irq0 is not None else 0
             run.update(
                 cpu_ns=d.run_ns + irq,
                 process_ns=d.run_ns,
                 irq_ns=irq,
+                live_tasks_ns=live,  # the former accounting (threads alive at both samples), for comparison
                 user_ns=int(d.user_s * 1e9),
                 sys_ns=int(d.sys_s * 1e9),
                 cpu_util=round(d.run_ns / wall_ns, 3),
