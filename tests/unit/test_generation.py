@@ -107,7 +107,7 @@ def test_a_closed_pool_closes_the_connections_that_come_back() -> None:
     [
         pytest.param({"max_inflight": 7}, [], {"max_inflight": 7}, id="limits-apply"),
         pytest.param({"drain_timeout": 3}, [], {}, id="drain-applies"),
-        pytest.param({"workers": 4}, ["workers"], {"workers": 0}, id="workers-wait"),
+        pytest.param({"workers": 4}, ["workers"], {"workers": 1}, id="workers-wait"),
         pytest.param({"listen": "127.0.0.1:9"}, ["listen"], {"listen": "127.0.0.1:11434"}, id="listen-waits"),
         pytest.param({"log_level": "debug"}, ["log_level"], {"log_level": "info"}, id="logging-waits"),
         pytest.param({"metrics_listen": "127.0.0.1:9464"}, ["metrics"], {}, id="metrics-listen-waits"),
