@@ -154,6 +154,7 @@ def _wait(proc: Proc, ok: Any, timeout: float) -> None:
     last = ""
     while time.monotonic() < deadline:
         if not proc.alive():
+            proc.stop()  # removes its cgroup too
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
         try:
             if ok():
