@@ -51,6 +51,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
             raise unknown(registry, "pull", name)
         if not stream:
             raise errors.ProxyError(UNKNOWN_PULL)
+        request[CONTEXT].log["error"] = UNKNOWN_PULL  # the stream's last line: the log line says so too
         return _lines(request, [{"status": "pulling manifest"}, {"error": UNKNOWN_PULL}], stream)
     request[CONTEXT].log["repo"] = repo
     progress = hub.pull(repo)

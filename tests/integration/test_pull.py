@@ -17,6 +17,7 @@ import ollama
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from proxy.app import create_app
 from proxy.config import from_mapping
@@ -113,8 +114,11 @@ async def test_stream_false_answers_only_success_and_insecure_is_accepted(start:
 
 async def test_an_unknown_name_is_ollamas_pull_error(start: Start) -> None:
     base = await start()
-    status, _, raw = await post(f"{base}/api/pull", {"model": "no-such-model:7b"})
+    with capture_logs() as entries:
+        status, _, raw = await post(f"{base}/api/pull", {"model": "no-such-model:7b"})
     assert status == 200 and lines(raw) == [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+    logged = [e for e in entries if e["event"] == "request"]
+    assert [e.get("error") for e in logged] == ["pull model manifest: file does not exist"]  # the log line says it failed
     status, _, raw = await post(f"{base}/api/pull", {"model": "no-such-model:7b", "stream": False})
     assert (status, orjson.loads(raw)) == (500, {"error": "pull model manifest: file does not exist"})
     status, _, raw = await post(f"{base}/api/pull", {"model": "bad name!"})
