@@ -204,19 +204,37 @@ def proxy_help_works(timeout: float = 20.0) -> bool:
     return r.returncode == 0
 
 
-def start_proxy(workdir: Path, backend_port: int, cpus: str | None, extra_args: list[str], timeout: float = 30.0) -> Proc:
-    """The proxy with one worker, as nginx runs one (compared 1:1), unless ``extra_args`` set ``--workers``."""
+PROXY_CONF = """\
+# written by bench/relays.py: every stream of a run reaches the fake at once, so the run
+# measures the relay, not the fair-turn queue (max_concurrency) or the 503 cap (max_inflight)
+max_inflight: {limit}
+backends:
+  - url: http://{host}:{backend}
+    max_concurrency: {limit}
+"""
+
+
+def start_proxy(
+    workdir: Path, backend_port: int, cpus: str | None, extra_args: list[str], limit: int = 4096, timeout: float = 30.0
+) -> Proc:
+    """The proxy with one worker, as nginx runs one (compared 1:1), unless ``extra_args`` set ``--workers``;
+    its config (unless ``extra_args`` give ``--config``) lets ``limit`` streams run on the backend at once."""
     port = free_port()
     if not any(a == "--workers" or a.startswith("--workers=") for a in extra_args):
         extra_args = ["--workers", "1", *extra_args]
+    if any(a == "--config" or a.startswith("--config=") for a in extra_args):
+        upstream = ["--backend", f"http://{HOST}:{backend_port}"]
+    else:
+        conf = workdir / "proxy.yaml"
+        conf.write_text(PROXY_CONF.format(limit=limit, host=HOST, backend=backend_port))
+        upstream = ["--config", str(conf)]
     cmd = [
         *pin_prefix(cpus),
         sys.executable,
         "-m",
         "proxy",
         "serve",
-        "--backend",
-        f"http://{HOST}:{backend_port}",
+        *upstream,
         "--listen",
         f"{HOST}:{port}",
         *extra_args,

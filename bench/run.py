@@ -133,7 +133,9 @@ class Bench:
             self.targets.append("direct")
         if "proxy" in wanted:
             try:
-                self.relays["proxy"] = relays.start_proxy(self.workdir, self.fake.port, self.relay_cpus, a.proxy_arg)
+                self.relays["proxy"] = relays.start_proxy(
+                    self.workdir, self.fake.port, self.relay_cpus, a.proxy_arg, limit=self.stream_limit()
+                )
                 self.targets.append("proxy")
             except (RuntimeError, OSError) as e:
                 self.notes.append(f"proxy unavailable: {e}")
@@ -146,6 +148,12 @@ class Bench:
                     self.targets.append("nginx")
                 except (RuntimeError, OSError) as e:
                     self.notes.append(f"nginx unavailable: {e}")
+
+    def stream_limit(self) -> int:
+        """The proxy's ``max_concurrency``/``max_inflight``: above any stream count of the run
+        (levels, the RSS test, the disconnect check), so no stream waits for a fair turn."""
+        levels = [int(x) for x in self.a.streams.split(",") if x.strip()]
+        return 2 * max([*levels, self.a.rss_streams, 64])
 
     def stop(self) -> None:
         for p in self.relays.values():
@@ -190,6 +198,7 @@ class Bench:
         port, shape = self.port(target), self.shape(target)
         await load.run_load(relays.HOST, port, streams=c, tokens=a.warmup_tokens, shape=shape, timeout_s=30)
         leftover = await self.wait_fake_idle(5.0)
+        relays.http_get(self.fake.port, "/bench/reset-peak")
         tokens = self.tokens_for(c)
         relay = self.relays.get(target)
         cpu0 = relay.cpu() if relay else None
@@ -210,6 +219,7 @@ class Bench:
             "wall_ns": wall_ns,
             "fake_cpu_ns": (fake1 - fake0).run_ns,
             "fake_idle_before": leftover == 0,
+            "upstream_peak": relays.fake_stats(self.fake.port)["peak_active"],  # streams open at the fake at once
             "loadavg_1m": os.getloadavg()[0],
         }
         if relay is not None and cpu0 is not None:
@@ -241,7 +251,7 @@ class Bench:
                 print(
                     f"  c={c:<4} round {rnd + 1}/{self.a.rounds} {target:<6} {ld['events_per_s']:>10,.0f} ev/s"
                     f"  ttft p50 {ld['ttft_p50_ms']} ms  delay p99 {ld['delay_p99_ms']} ms"
-                    f"  failed {ld['failed']} short {ld['short']}"
+                    f"  failed {ld['failed']} short {ld['short']}  peak upstream {run['upstream_peak']}"
                     + (f"  cpu {run['cpu_ns'] / 1000 / max(ld['events'], 1):.1f} µs/ev" if "cpu_ns" in run else ""),
                     flush=True,
                 )
