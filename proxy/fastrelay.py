@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from proxy.aiohttp_raw import raw_channel
+from proxy.aiohttp_raw import HeldHeadResponse, raw_channel
 from proxy.backend import UpstreamStream
 from proxy.clock import Clock
 from proxy.encoder import Encoder
@@ -71,7 +71,7 @@ class _Relay:
             return
         self.write(data)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, head: bytes = b"") -> None:
         client = self.client
         assert client is not None
         if client.is_closing():
@@ -79,7 +79,7 @@ class _Relay:
             self.upstream.close()  # vLLM aborts the generation
             self._wake()
             return
-        client.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        client.write(head + (b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data))
         if not self.backlogged and client.get_write_buffer_size() > self.high:
             self.backlogged = True
             self.upstream.pause_reading()
@@ -99,13 +99,13 @@ class _Relay:
             self._wake()
 
     def start(self, writer: AbstractStreamWriter) -> None:
-        """The response head is out: write what waited for it; from now on every read is
-        written from ``body``."""
-        self.client, self.chunked = raw_channel(writer)
+        """The response is prepared: write its head with what waited for it, in one write;
+        from now on every read is written from ``body``."""
+        self.client, self.chunked, head = raw_channel(writer)
         self.writer = writer
         self.high = self.client.get_write_buffer_limits()[1]
         out, self.out = self.out, []
-        self.write(b"".join(out))
+        self.write(b"".join(out), head)
 
     async def drained(self) -> None:
         """Wait until the client took enough of its backlog, then read upstream again."""
@@ -198,7 +198,7 @@ async def relay(
 
 
 async def _prepare(request: web.Request) -> AbstractStreamWriter:
-    response = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
+    response = HeldHeadResponse(status=200, headers={"Content-Type": NDJSON})  # the head goes with the first line
     writer = await response.prepare(request)
     assert writer is not None
     request[CONTEXT].response = response
