@@ -19,6 +19,9 @@ from proxy.translate.common import to_ollama_done_reason
 _T = TypeVar("_T")
 _NO_DELTA: dict[str, Any] = {}  # read only
 
+_TEXT = rb'((?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+)'  # the text of a chunk below (a JSON string's inside)
+_PLAIN_TEXT = re.compile(_TEXT)
+
 # The chunks that carry one piece of text and nothing else, exactly as vLLM writes them
 # (vLLM 0.32, vllm/entrypoints/openai/serving_chat.py and serving_completion.py: pydantic's
 # JSON, fields in this order, nulls written out). The text group admits only the escapes
@@ -29,12 +32,12 @@ _NO_DELTA: dict[str, Any] = {}  # read only
 _TEXT_CHUNKS = (
     re.compile(
         rb'\{"id":"[^"\\]*","object":"chat\.completion\.chunk","created":\d+,"model":"[^"\\]*",'
-        rb'"choices":\[\{"index":0,"delta":\{"content":"((?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+)"\},"logprobs":null,"finish_reason":null'
+        rb'"choices":\[\{"index":0,"delta":\{"content":"' + _TEXT + rb'"\},"logprobs":null,"finish_reason":null'
         rb'(?:,"token_ids":null)?\}\](?:,"usage":null)?\}'
     ),
     re.compile(
         rb'\{"id":"[^"\\]*","object":"text_completion","created":\d+,"model":"[^"\\]*",'
-        rb'"choices":\[\{"index":0,"text":"((?:[^"\\\x00-\x1f]++|\\["\\bfnrt])*+)","logprobs":null,"finish_reason":null,"stop_reason":null'
+        rb'"choices":\[\{"index":0,"text":"' + _TEXT + rb'","logprobs":null,"finish_reason":null,"stop_reason":null'
         rb'(?:,"prompt_token_ids":null)?(?:,"token_ids":null)?\}\](?:,"usage":null)?\}'
     ),
 )
@@ -64,20 +67,40 @@ class StreamTranslator:
     _model_json: bytes = field(default=b"", init=False, repr=False)
     _created: str = field(default="", init=False, repr=False)
     _created_json: bytes = field(default=b"", init=False, repr=False)
+    # the bytes around the text of the last text chunk: a stream's next ones share them
+    _text_prefix: bytes = field(default=b"", init=False, repr=False)
+    _text_suffix: bytes = field(default=b"", init=False, repr=False)
     # the Ollama line of a text chunk, ``%`` (model JSON, created_at JSON, text bytes); see ``line``
     TEXT_LINE: ClassVar[bytes] = b""
 
     def line(self, event: bytes, created_at: str, now_ns: int) -> bytes | None:
         """The NDJSON line for an event that is one of vLLM's plain text chunks
         (``_TEXT_CHUNKS``), byte for byte what ``feed`` followed by ``orjson.dumps`` gives,
-        without parsing it; None for every other event, which then goes to ``feed``."""
+        without parsing it; None for every other event, which then goes to ``feed``.
+
+        A stream's text chunks differ only in their text (same id, created, model and
+        field order), so once one matched, the next is checked by its bytes around the
+        text and the text alone: exactly the match the whole pattern would make."""
+        prefix, suffix = self._text_prefix, self._text_suffix
+        start, end = len(prefix), len(event) - len(suffix)
+        if prefix and start <= end and event.startswith(prefix) and event.endswith(suffix):
+            text = event[start:end]
+            if _PLAIN_TEXT.fullmatch(text) is None:
+                return self._matched(event, created_at, now_ns)
+            return self._text_line(text, created_at, now_ns)
+        return self._matched(event, created_at, now_ns)
+
+    def _matched(self, event: bytes, created_at: str, now_ns: int) -> bytes | None:
         for shape in _TEXT_CHUNKS:
             match = shape.fullmatch(event)
             if match is not None:
                 break
         else:
             return None
-        text = match.group(1)
+        self._text_prefix, self._text_suffix = event[: match.start(1)], event[match.end(1) :]
+        return self._text_line(match.group(1), created_at, now_ns)
+
+    def _text_line(self, text: bytes, created_at: str, now_ns: int) -> bytes | None:
         if not text or not self.TEXT_LINE:
             return None  # no line for an empty text; ``feed`` keeps the other bookkeeping
         if not text.isascii():

@@ -66,6 +66,9 @@ def test_text_chunk_line_equals_the_parsing_path(make: Any, event: bytes) -> Non
     assert line is not None
     assert line == general(slow, event)
     assert state(fast) == state(slow)
+    again = fast.line(event, T, 5)  # the next chunk of the stream: checked by the framing the first one had
+    assert again == general(slow, event) == line
+    assert state(fast) == state(slow)
 
 
 @pytest.mark.parametrize(
@@ -83,8 +86,29 @@ def test_text_chunk_line_equals_the_parsing_path(make: Any, event: bytes) -> Non
         pytest.param(chat_chunk(b"x") + b" ", id="trailing-bytes"),
     ],
 )
-def test_other_events_are_left_to_feed(event: bytes) -> None:
-    assert chat().line(event, T, 5) is None
+@pytest.mark.parametrize("after_text", [False, True], ids=["first-event", "after-a-text-chunk"])
+def test_other_events_are_left_to_feed(event: bytes, after_text: bool) -> None:
+    t = chat()
+    if after_text:
+        assert t.line(chat_chunk(b"x"), T, 5) is not None
+    assert t.line(event, T, 5) is None
+
+
+def test_after_a_text_chunk_one_of_other_framing_is_matched_in_full() -> None:
+    t = chat()
+    assert t.line(chat_chunk(b"a"), T, 5) is not None
+    other = chat_chunk(b"b").replace(b"chatcmpl-a245c66370327a23", b"chatcmpl-other")
+    assert t.line(other, T, 5) == general(chat(), other)
+    assert t.line(chat_chunk(b"c"), T, 5) == general(chat(), chat_chunk(b"c"))
+
+
+def test_an_event_where_the_remembered_framing_overlaps_is_left_to_feed() -> None:
+    t = chat()
+    first = chat_chunk(b"x")
+    assert t.line(first, T, 5) is not None
+    at = first.index(b'"x"')
+    overlapped = first[: at + 1] + first[at + 3 :]  # starts with the prefix and ends with the suffix, sharing a quote
+    assert t.line(overlapped, T, 5) is None
 
 
 def test_invalid_utf8_is_left_to_feed_which_reports_it() -> None:
