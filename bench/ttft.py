@@ -1,7 +1,8 @@
 """Added time to first token of one stream at a time: the proxy's per-request cost before the
 upstream request, without queueing behind other streams.
 
-Starts the fake vLLM (burst) and the proxy (one worker, pinned like run.py), then sends
+Starts the fake vLLM (paced: the first token at once, the rest on its step clock, so the
+first line is relayed before the stream ends, as in a real reply) and the proxy (one worker, pinned like run.py), then sends
 ``--requests`` single streams of ``--tokens`` tokens, alternating direct and proxy, each on a new
 client connection, and prints TTFT p50/p90/p99 of each and the added median. ``--profile PATH``
 records the proxy with py-spy (if installed) meanwhile (``--format``: speedscope, flamegraph, raw).
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--tokens", type=int, default=2)
+    p.add_argument("--tick-ms", type=float, default=20.0, help="the fake's step clock; 0 = burst [%(default)s]")
     p.add_argument("--client-cpus", default="0")
     p.add_argument("--relay-cpus", default="1")
     p.add_argument("--profile", type=Path, default=None, help="py-spy record output")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if pin:
         os.sched_setaffinity(0, {int(c) for c in a.client_cpus.split(",")})
     workdir = Path(tempfile.mkdtemp(prefix="ollama-vllm-ttft-"))
-    fake = relays.start_fake(workdir, None, a.client_cpus if pin else None)
+    fake = relays.start_fake(workdir, a.tick_ms or None, a.client_cpus if pin else None)
     proxy = relays.start_proxy(workdir, fake.port, a.relay_cpus if pin else None, a.proxy_arg)
     spy = None
     try:
