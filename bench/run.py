@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rss-streams", type=int, default=200, help="idle streams for the RSS test (0 skips it and the disconnect check)"
     )
-    p.add_argument("--warmup-tokens", type=int, default=2)
+    p.add_argument("--warmup-tokens", type=int, default=2, help="tokens per warm-up stream; 0 = no warm-up")
     p.add_argument("--json", type=Path, default=None, help="write raw samples and summary here")
     p.add_argument(
         "--smoke", action="store_true", help="CI profile: burst, c=16, 3 rounds, short streams; exit 1 on gross regression only"
@@ -196,9 +196,11 @@ class Bench:
         a = self.a
         assert self.fake is not None
         port, shape = self.port(target), self.shape(target)
-        await load.run_load(relays.HOST, port, streams=c, tokens=a.warmup_tokens, shape=shape, timeout_s=30)
+        if a.warmup_tokens > 0:  # 0: no warm-up, so a relay's pool starts empty (or with what an earlier run left)
+            await load.run_load(relays.HOST, port, streams=c, tokens=a.warmup_tokens, shape=shape, timeout_s=30)
         leftover = await self.wait_fake_idle(5.0)
         relays.http_get(self.fake.port, "/bench/reset-peak")
+        connections0 = relays.fake_stats(self.fake.port)["connections"]
         tokens = self.tokens_for(c)
         relay = self.relays.get(target)
         cpu0 = relay.cpu() if relay else None
@@ -211,6 +213,7 @@ class Bench:
         )
         wall_ns = time.monotonic_ns() - t0
         fake1 = procstat.tree_cpu(self.fake.pid)
+        after = relays.fake_stats(self.fake.port)
         run: dict[str, Any] = {
             "target": target,
             "round": rnd,
@@ -219,7 +222,9 @@ class Bench:
             "wall_ns": wall_ns,
             "fake_cpu_ns": (fake1 - fake0).run_ns,
             "fake_idle_before": leftover == 0,
-            "upstream_peak": relays.fake_stats(self.fake.port)["peak_active"],  # streams open at the fake at once
+            "upstream_peak": after["peak_active"],  # streams open at the fake at once
+            # new connections the fake accepted during the run (less the one that asked for its stats)
+            "upstream_connects": after["connections"] - connections0 - 1,
             "loadavg_1m": os.getloadavg()[0],
         }
         if relay is not None and cpu0 is not None:
@@ -251,7 +256,7 @@ class Bench:
                 print(
                     f"  c={c:<4} round {rnd + 1}/{self.a.rounds} {target:<6} {ld['events_per_s']:>10,.0f} ev/s"
                     f"  ttft p50 {ld['ttft_p50_ms']} ms  delay p99 {ld['delay_p99_ms']} ms"
-                    f"  failed {ld['failed']} short {ld['short']}  peak upstream {run['upstream_peak']}"
+                    f"  failed {ld['failed']} short {ld['short']}  peak upstream {run['upstream_peak']} new conns {run['upstream_connects']}"
                     + (f"  cpu {run['cpu_ns'] / 1000 / max(ld['events'], 1):.1f} µs/ev" if "cpu_ns" in run else ""),
                     flush=True,
                 )
