@@ -153,7 +153,7 @@ class Bench:
         """The proxy's ``max_concurrency``/``max_inflight``: above any stream count of the run
         (levels, the RSS test, the disconnect check), so no stream waits for a fair turn."""
         levels = [int(x) for x in self.a.streams.split(",") if x.strip()]
-        return 2 * max([*levels, self.a.rss_streams, 64])
+        return 2 * max([*levels, int(self.a.rss_streams), 64])
 
     def stop(self) -> None:
         for p in self.relays.values():
