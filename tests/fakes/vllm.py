@@ -154,6 +154,8 @@ class FakeVLLM:
                 400,
                 "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.",
             )
+        if not isinstance(body.get("messages"), list):  # vLLM's request validation (pydantic): a 400, not a crash
+            return self.error(400, "messages: Input should be a valid list")
         model = self.models[body["model"]]
         if body.get("tools") and not model.tools:
             return self.error(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
