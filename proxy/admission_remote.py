@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ import orjson
 from proxy.admission import Admission, Ticket
 from proxy.errors import ProxyError, ServerBusy
 from proxy.identity import Caller
-from proxy.owner import SocketOwner
+from proxy.owner import SocketOwner, unix_server
 from proxy.turns import Limits, Snapshot
 
 _LIMIT = 64 * 1024  # one control line
@@ -97,18 +96,8 @@ def _answer(line: bytes) -> dict[str, Any]:
 
 async def serve(admission: Admission, path: str) -> asyncio.Server:
     """Answer workers on ``path`` (a Unix socket only this user may open)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _handle(admission, reader, writer)
-        except (ConnectionError, ValueError, KeyError, TypeError, asyncio.CancelledError):
-            pass  # a bad line, a worker gone, or the owner stopping: the connection just ends
-        finally:
-            writer.close()
-
-    server = await asyncio.start_unix_server(handle, path, limit=_LIMIT)
-    os.chmod(path, 0o600)
-    return server
+    ends = (ConnectionError, ValueError, KeyError, TypeError, asyncio.CancelledError)
+    return await unix_server(path, lambda reader, writer: _handle(admission, reader, writer), _LIMIT, ends)
 
 
 async def _handle(admission: Admission, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

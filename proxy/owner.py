@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class SocketOwner:
@@ -43,3 +43,24 @@ class SocketOwner:
 
     async def _run_until(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
         raise NotImplementedError
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def unix_server(path: str, handle: Handler, limit: int, ends: tuple[type[BaseException], ...]) -> asyncio.Server:
+    """Answer workers on ``path`` (a Unix socket only this user may open). A connection whose
+    ``handle`` raises one of ``ends`` (a bad line, a worker gone, the owner stopping) just
+    ends; every connection is closed when its handler returns."""
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle(reader, writer)
+        except ends:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(one, path, limit=limit)
+    os.chmod(path, 0o600)
+    return server

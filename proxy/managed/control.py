@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ import structlog
 from proxy.errors import ModelLoadFailed, ProxyError, ServerBusy
 from proxy.managed.host import Lease, Loaded
 from proxy.managed.scheduler import Scheduler
-from proxy.owner import SocketOwner
+from proxy.owner import SocketOwner, unix_server
 
 log = structlog.get_logger("proxy.managed")
 _LIMIT = 1024 * 1024  # one control line
@@ -95,18 +94,8 @@ class ControlClient:
 
 async def serve(scheduler: Scheduler, path: str) -> asyncio.Server:
     """Answer workers on ``path`` (a Unix socket only this user may open)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _handle(scheduler, reader, writer)
-        except (ConnectionError, ValueError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_unix_server(handle, path, limit=_LIMIT)
-    os.chmod(path, 0o600)
-    return server
+    ends = (ConnectionError, ValueError)
+    return await unix_server(path, lambda reader, writer: _handle(scheduler, reader, writer), _LIMIT, ends)
 
 
 async def _handle(scheduler: Scheduler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -3,7 +3,7 @@ name; a reply that is not JSON is a 502 in OpenAI's error shape, never a 500."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
@@ -14,14 +14,6 @@ from tests.integration.test_faults import CHAT, send
 StartProxy = Callable[..., Awaitable[str]]
 REQUEST = {"model": "alias", "messages": [{"role": "user", "content": "hi"}]}
 DEEP = b"[" * 300 + b"]" * 300  # orjson parses it but renders at most 254 levels
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawBackend]:
-    server = RawBackend()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
