@@ -50,6 +50,17 @@ class Encoder:
             return orjson.dumps(objects[0], option=_LINE)
         return b"".join([orjson.dumps(o, option=_LINE) for o in objects])
 
+    @property
+    def created_at(self) -> Callable[[], str]:
+        return self._created_at
+
+    def fast_line(self) -> tuple[bytes, bytes, tuple[bytes, bytes, bytes, bytes], bytes] | None:
+        """The translator's ``fast_line`` while the next read may be relayed in C: a
+        streamed reply, no part of an event held, not closed."""
+        if self._fold_key is not None or self._closed is not None or not self.sse.idle:
+            return None
+        return self.translator.fast_line()
+
     def close(self, now_ns: int) -> None:
         """The upstream body is complete: translate an event it left unterminated, so
         the translator's state is final before ``finish``."""

@@ -63,6 +63,8 @@ class _Relay:
             if data:
                 self.out.append(data)  # written ahead of the error line
             return
+        if self.upstream.armed and not self.encoder.sse.idle:
+            self.upstream.disarm()  # the C read path takes whole events only
         if not data:
             return
         if self.client is None:
@@ -70,6 +72,7 @@ class _Relay:
             self._wake()  # the first client byte: only the coroutine can prepare the response
             return
         self.write(data)
+        self._arm()
 
     def write(self, data: bytes, head: bytes = b"") -> None:
         client = self.client
@@ -81,9 +84,22 @@ class _Relay:
             return
         client.write(head + (b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data))
         if not self.backlogged and client.get_write_buffer_size() > self.high:
-            self.backlogged = True
-            self.upstream.pause_reading()
-            self._wake()
+            self._backlog()
+
+    def _backlog(self) -> None:
+        self.backlogged = True
+        self.upstream.pause_reading()
+        self._wake()
+
+    def _arm(self) -> None:
+        """Hand the next text chunks to the C read path (``UpstreamStream.arm_relay``),
+        unless it already has them or this stream is not in its steady state."""
+        upstream = self.upstream
+        if upstream.armed or self.backlogged or self.gone or self.error is not None or self.client is None:
+            return
+        line = self.encoder.fast_line()
+        if line is not None:
+            upstream.arm_relay(self.client, self.high, self._backlog, self.encoder.created_at, line, self.chunked)
 
     def end(self, error: BaseException | None) -> None:
         if error is not None:
@@ -100,12 +116,18 @@ class _Relay:
 
     def start(self, writer: AbstractStreamWriter) -> None:
         """The response is prepared: write its head with what waited for it, in one write;
-        from now on every read is written from ``body``."""
-        self.client, self.chunked, head = raw_channel(writer)
+        from now on every read is written from ``body`` (or by the C read path)."""
+        client, chunked, head = raw_channel(writer)
         self.writer = writer
-        self.high = self.client.get_write_buffer_limits()[1]
+        self.begin(client, chunked, head)
+
+    def begin(self, client: asyncio.WriteTransport, chunked: bool, head: bytes = b"") -> None:
+        """``start`` on the client's transport itself (tests drive the relay from here)."""
+        self.client, self.chunked = client, chunked
+        self.high = client.get_write_buffer_limits()[1]
         out, self.out = self.out, []
         self.write(b"".join(out), head)
+        self._arm()
 
     async def drained(self) -> None:
         """Wait until the client took enough of its backlog, then read upstream again."""
@@ -124,6 +146,7 @@ class _Relay:
             return
         self.backlogged = False
         self.upstream.resume_reading()
+        self._arm()
 
     async def wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from proxy import __version__, errors
+from proxy import __version__, errors, native
 from proxy.config import BackendConfig, Timeouts
 from proxy.errors import (
     BackendTimeout,
@@ -47,11 +47,15 @@ class Sink(Protocol):
     def end(self, error: ProxyError | None) -> None: ...
 
 
-class UpstreamStream(asyncio.Protocol):
+class UpstreamStream(native.Stream, asyncio.Protocol):
     """One request to vLLM. ``head`` resolves when a response head with status < 400
     arrived; an error status fails it with the ``parse_backend_error`` of the whole body.
     Body bytes go to the attached sink and are held until it is attached. A complete
-    response framed by length or chunks leaves its connection to ``pool``."""
+    response framed by length or chunks leaves its connection to ``pool``.
+
+    Reads arrive at ``data_received``: with ``proxy._fast`` built that is C, which relays
+    a token stream's text chunks itself once ``arm_relay`` armed it and hands every other
+    read to ``_data_received`` (see proxy/_fast.c); without it, ``_data_received`` is it."""
 
     def __init__(
         self, backend: BackendConfig, timeouts: Timeouts | None = None, pool: Pool | None = None, key: Key | None = None
@@ -83,7 +87,7 @@ class UpstreamStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received(self, data: bytes) -> None:
         if self._body is not None:
             self._last = self._loop.time()
             self._feed(self._body, data)
@@ -110,7 +114,44 @@ class UpstreamStream(asyncio.Protocol):
             self._last = self._loop.time()
         self._feed(body, rest)
 
+    if not native.BUILT:
+        data_received = _data_received
+
+    def arm_relay(
+        self,
+        client: asyncio.WriteTransport,
+        high: int,
+        on_backlog: Callable[[], None],
+        created_at: Callable[[], str],
+        line: tuple[bytes, bytes, tuple[bytes, bytes, bytes, bytes], bytes],
+        chunked: bool,
+    ) -> None:
+        """Let the C read path write the next text chunks to ``client`` (``line``: the
+        translator's ``fast_line``), if the body is at a chunk boundary and nothing has
+        ended or paused it; any later read that is not one such chunk comes here as before."""
+        body = self._body
+        if body is None or not body.at_chunk_boundary or self._paused or self.transport is None:
+            return
+        if self._end is not None or self.complete or self._error_body is not None:
+            return
+        prefix, suffix, parts, model_json = line
+        self.arm(
+            self._loop.time,
+            client.write,
+            client.is_closing,
+            client.get_write_buffer_size,
+            high,
+            on_backlog,
+            created_at,
+            prefix,
+            suffix,
+            parts,
+            model_json,
+            chunked,
+        )
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
         self._lost = True
         self._stop_timer()
         if self.complete:
@@ -139,6 +180,7 @@ class UpstreamStream(asyncio.Protocol):
             self._timer = self._loop.call_at(self._deadline(), self._check)
 
     def pause_reading(self) -> None:
+        self.disarm()
         self._paused = True
         if self.transport is not None:
             self.transport.pause_reading()
@@ -152,6 +194,7 @@ class UpstreamStream(asyncio.Protocol):
 
     def close(self) -> None:
         """Done with the stream: an unfinished one is dropped, which makes vLLM abort it."""
+        self.disarm()
         self._stop_timer()
         if self.on_close is not None:
             done, self.on_close = self.on_close, None
@@ -196,6 +239,8 @@ class UpstreamStream(asyncio.Protocol):
         except ValueError as exc:
             self._bad(str(exc))
             return
+        if self.armed and not body.at_chunk_boundary:
+            self.disarm()  # C reads whole chunks only: the rest of this one comes here
         if data:
             if self._error_body is not None:
                 self._error_body += data[: _MAX_ERROR_BODY - len(self._error_body)]
@@ -207,6 +252,7 @@ class UpstreamStream(asyncio.Protocol):
             self._complete()
 
     def _complete(self) -> None:
+        self.disarm()
         self.complete = True
         self._stop_timer()
         transport, self.transport = self.transport, None
@@ -222,6 +268,7 @@ class UpstreamStream(asyncio.Protocol):
             self.head.set_exception(parse_backend_error(self._status, bytes(self._error_body), self.backend.name))
 
     def _ended(self, error: ProxyError | None) -> None:
+        self.disarm()
         if self._end is None:  # the first reason counts (a malformed body, then its connection's loss)
             self._end = (error,)
             self._stop_timer()
@@ -229,6 +276,7 @@ class UpstreamStream(asyncio.Protocol):
                 self._sink.end(error)
 
     def _bad(self, reason: str) -> None:
+        self.disarm()
         message = f"vLLM backend {self.backend.name} sent a malformed HTTP response: {reason}"
         if self.transport is not None:
             self.transport.abort()

@@ -73,6 +73,11 @@ class BodyReader:
     def ends_at_close(self) -> bool:
         return self._chunks is None and self._left is None
 
+    @property
+    def at_chunk_boundary(self) -> bool:
+        """A chunked body between two whole chunks: the next read starts a size line."""
+        return self._chunks is not None and self._chunks.idle
+
     def feed(self, data: bytes) -> bytes:
         if self._chunks is not None:
             data = self._chunks.feed(data)
@@ -95,6 +100,11 @@ class ChunkedDecoder:
         self._left = 0  # bytes of the current chunk's data still to come
         self._state = _SIZE
         self.done = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of a chunk is pending and the body goes on."""
+        return self._state == _SIZE and not self._buffer and not self.done
 
     def feed(self, data: bytes) -> bytes:
         if self._buffer:

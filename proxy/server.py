@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy import logs, metrics_http, reconfig
+from proxy import logs, metrics_http, native, reconfig
 from proxy.app import create_app, reload
 from proxy.config import Config, ConfigError, split_listen
 from proxy.drain import SHUTDOWN_TIMEOUT_S
@@ -34,6 +34,8 @@ log = structlog.get_logger("proxy.server")
 
 def serve(config: Config, reuse_port: bool = False, recipe: Recipe | None = None) -> int:
     logs.configure(config.log_level, config.log_format, config.secrets())
+    if not native.BUILT:
+        log.warning("token streams take the Python read path: more CPU per token", reason=native.WHY_NOT)
     notifier = Notifier.from_env(os.environ)
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(var, None)  # for this process only, not for the vLLM it may start

@@ -37,6 +37,11 @@ class SSEDecoder:
                 events.append(payload)
         return events
 
+    @property
+    def idle(self) -> bool:
+        """No part of an event is held: the next read starts a new one."""
+        return not self._buffer and not self._crlf
+
     def close(self) -> list[bytes]:
         block, self._buffer = self._buffer, b""
         payload = _payload(block) if block.strip() else None

@@ -7,6 +7,7 @@ Timings are the proxy's own wall-clock measurements (see ``_metrics``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -41,6 +42,13 @@ _TEXT_CHUNKS = (
         rb'(?:,"prompt_token_ids":null)?(?:,"token_ids":null)?\}\](?:,"usage":null)?\}'
     ),
 )
+
+
+@functools.cache
+def _parts(template: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """A ``TEXT_LINE`` as the four bytes around its three ``%b``."""
+    a, b, c, d = template.split(b"%b")
+    return a, b, c, d
 
 
 @dataclass
@@ -89,6 +97,17 @@ class StreamTranslator:
                 return self._matched(event, created_at, now_ns)
             return self._text_line(text, created_at, now_ns)
         return self._matched(event, created_at, now_ns)
+
+    def fast_line(self) -> tuple[bytes, bytes, tuple[bytes, bytes, bytes, bytes], bytes] | None:
+        """What the C read path (proxy/_fast.c) needs to write the next text chunks
+        exactly as ``line`` would: the text's prefix and suffix, ``TEXT_LINE`` split at its
+        three ``%b``, and the model's JSON; None until ``line`` has matched a text chunk
+        and recorded the first token's time, and while ``_text_line`` keeps the text."""
+        if not self._text_prefix or not self._model_json or self.first_ns is None:
+            return None
+        if self.context and self.prompt_ids is None:
+            return None
+        return self._text_prefix, self._text_suffix, _parts(self.TEXT_LINE), self._model_json
 
     def _matched(self, event: bytes, created_at: str, now_ns: int) -> bytes | None:
         for shape in _TEXT_CHUNKS:
