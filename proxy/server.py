@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -46,6 +47,14 @@ def serve(config: Config, reuse_port: bool = False, recipe: Recipe | None = None
         return runner.run(_serve(app, config, reuse_port, notifier, recipe))
 
 
+def _settle_gc() -> None:
+    """Once started: what start-up built (modules, the app, pools) stays for the process's
+    life, so the cyclic collector stops walking it (``gc.freeze``); in a profile of short
+    streams the collector was ~7 % of the request path's CPU, mostly walking those objects."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(app: web.Application, config: Config, reuse_port: bool, notifier: Notifier, recipe: Recipe | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -78,6 +87,7 @@ async def _serve(app: web.Application, config: Config, reuse_port: bool, notifie
                 return 1
             if notifier.watchdog_usec:
                 watchdog = asyncio.create_task(_watchdog(notifier, notifier.watchdog_usec / 2e6))
+            _settle_gc()
             notifier.ready(_status(app))
             if reconfig.take_early_sighup():
                 reloads.request()
