@@ -6,15 +6,18 @@ include local variables, whose reprs could hold a request body or a secret."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
+import orjson
 import structlog
 
-from proxy.redact import scrub, scrub_value
+from proxy.redact import could_hold, scrub, scrub_value
 
+_PLAIN = (int, float, bool, type(None))  # nothing to mask
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -37,7 +40,7 @@ def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] =
     renderer: structlog.types.Processor
     if use_json:
         shared.append(structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json)
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.dev.ConsoleRenderer()
@@ -53,12 +56,30 @@ def configure(level: str = "info", fmt: str = "auto", secrets: tuple[str, ...] =
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
+def _json(event: Any, **kw: Any) -> str:
+    """orjson (~10× the stdlib's speed on a request's line); the stdlib for what orjson
+    cannot write (an integer past 64 bits, a key that is not a string)."""
+    try:
+        return orjson.dumps(event, default=kw.get("default")).decode()
+    except TypeError:
+        return json.dumps(event, **kw)
+
+
 class _Scrubber:
     def __init__(self, secrets: Sequence[str]) -> None:  # the list configure() keeps: a reload extends it
         self._secrets = secrets
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        return {k: scrub_value(v, tuple(self._secrets)) for k, v in event.items()}
+        secrets = tuple(self._secrets)
+        suspect = could_hold(secrets)
+        for key, value in event.items():
+            kind = type(value)
+            if kind is str:
+                if suspect(value) is not None:
+                    event[key] = scrub(value, secrets)
+            elif kind not in _PLAIN:
+                event[key] = scrub_value(value, secrets)
+        return event
 
 
 class _ScrubbingFormatter(logging.Formatter):

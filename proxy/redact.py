@@ -10,8 +10,9 @@ people's strings (exception messages, tracebacks), masking any known secret in t
 from __future__ import annotations
 
 import base64
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -73,16 +74,28 @@ def url_secrets(url: str) -> tuple[str, ...]:
 def scrub(text: str, secrets: Iterable[str], bearer: bool = True) -> str:
     """``text`` with every occurrence of a (long enough) secret, and any bearer token
     (unless ``bearer`` is false), replaced by ``***``."""
-    if bearer:
+    if bearer and _MAYBE_BEARER(text) is not None:
         text = _BEARER.sub(rf"\1{MASK}", text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SCRUB_LENGTH and secret in text:
+    for secret in _longest_first(secrets if isinstance(secrets, tuple) else tuple(secrets)):
+        if secret in text:
             text = text.replace(secret, MASK)
     return text
 
 
+_MAYBE_BEARER = re.compile(r"(?i)bearer").search  # most texts have no token: skip the substitution
+
+
+@functools.lru_cache(maxsize=64)
+def _longest_first(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """The secrets long enough to mask, longest first (one inside another is masked whole).
+    Cached: every log line scrubs its values with the same few secrets."""
+    return tuple(s for s in sorted(secrets, key=len, reverse=True) if len(s) >= MIN_SCRUB_LENGTH)
+
+
 def scrub_value(value: Any, secrets: tuple[str, ...], bearer: bool = True) -> Any:
     """``scrub`` through the strings of a JSON-like value (a log event, a traceback dict)."""
+    if type(value) in _PLAIN:  # most of a log line's values
+        return value
     if isinstance(value, str):
         return scrub(value, secrets, bearer)
     if isinstance(value, dict):
@@ -90,6 +103,19 @@ def scrub_value(value: Any, secrets: tuple[str, ...], bearer: bool = True) -> An
     if isinstance(value, list | tuple):
         return [scrub_value(v, secrets, bearer) for v in value]
     return value
+
+
+_PLAIN = (int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=64)
+def could_hold(secrets: tuple[str, ...], bearer: bool = True) -> Callable[[str], object]:
+    """A test that is true for every text ``scrub`` would change (and some it would not):
+    one regex search, where ``scrub`` is a substitution and a loop over the secrets."""
+    parts = [re.escape(s) for s in _longest_first(secrets)] + (["bearer"] if bearer else [])
+    if not parts:
+        return lambda text: None
+    return re.compile("(?i)" + "|".join(parts)).search
 
 
 def scrub_error_event(event: bytes, secrets: tuple[bytes, ...]) -> bytes:
