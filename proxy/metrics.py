@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.metrics_core import Metric
@@ -125,20 +126,34 @@ class Outcome:
     output_tokens: int | None = None
 
 
+_Family = TypeVar("_Family", Counter, Gauge, Histogram)
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def _of(family: _Family, *labels: str) -> _Family:
+    """``family.labels(*labels)``, remembered (no label set is ever removed, and the sets
+    are bounded): ``labels`` (checks, a lock, the key) is most of a per-request update."""
+    key = (family, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = family.labels(*labels)
+    return cast(_Family, child)
+
+
 def observe(outcome: Outcome) -> None:
     """Record a finished request: count, duration, and for a generation its time to first
     token, tokens and time per output token."""
     model = outcome.model
-    REQUESTS.labels(outcome.route, model, str(outcome.status)).inc()
-    DURATION.labels(outcome.route, model).observe(outcome.seconds)
+    _of(REQUESTS, outcome.route, model, str(outcome.status)).inc()
+    _of(DURATION, outcome.route, model).observe(outcome.seconds)
     if outcome.first_token is not None:
-        TTFT.labels(model, outcome.backend).observe(outcome.first_token)
+        _of(TTFT, model, outcome.backend).observe(outcome.first_token)
     if outcome.prompt_tokens is not None:
-        TOKENS.labels(model, "input").observe(outcome.prompt_tokens)
+        _of(TOKENS, model, "input").observe(outcome.prompt_tokens)
     if outcome.output_tokens is not None:
-        TOKENS.labels(model, "output").observe(outcome.output_tokens)
+        _of(TOKENS, model, "output").observe(outcome.output_tokens)
         if outcome.status == 200 and outcome.first_token is not None and outcome.output_tokens > 1:
-            TPOT.labels(model).observe(max(0.0, outcome.seconds - outcome.first_token) / (outcome.output_tokens - 1))
+            _of(TPOT, model).observe(max(0.0, outcome.seconds - outcome.first_token) / (outcome.output_tokens - 1))
 
 
 class Inflight:
@@ -150,12 +165,12 @@ class Inflight:
         self.active = False
 
     def __enter__(self) -> Inflight:
-        INFLIGHT.labels(self.model, self.backend).inc()
+        _of(INFLIGHT, self.model, self.backend).inc()
         self.active = True
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        INFLIGHT.labels(self.model, self.backend).dec()
+        _of(INFLIGHT, self.model, self.backend).dec()
         self.active = False
 
     def move(self, backend: str) -> None:
