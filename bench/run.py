@@ -66,7 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rss-streams", type=int, default=200, help="idle streams for the RSS test (0 skips it and the disconnect check)"
     )
-    p.add_argument("--warmup-tokens", type=int, default=2, help="tokens per warm-up stream; 0 = no warm-up")
+    p.add_argument(
+        "--warmup-tokens",
+        type=int,
+        default=50,
+        help="tokens per warm-up stream (paced: 50 = 1 s, so all c streams overlap and each relay ends it "
+        "with c pooled upstream connections; 2 left the proxy ~100 short at 256); 0 = no warm-up",
+    )
     p.add_argument("--json", type=Path, default=None, help="write raw samples and summary here")
     p.add_argument(
         "--smoke", action="store_true", help="CI profile: burst, c=16, 3 rounds, short streams; exit 1 on gross regression only"
