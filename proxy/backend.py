@@ -17,7 +17,7 @@ import structlog
 from proxy import h1client, metrics
 from proxy.config import BackendConfig, Config, Timeouts
 from proxy.errors import BackendError, BackendTimeout, BackendUnavailable, ConnectTimeout, ProxyError
-from proxy.h1client import AsyncBody as AsyncBody  # re-exported: the body of a stream a Backend opened
+from proxy.h1body import AsyncBody as AsyncBody  # re-exported: the body of a stream a Backend opened
 from proxy.h1client import UpstreamStream as UpstreamStream
 from proxy.h1pool import Pool
 from proxy.health import Health, Load, parse_metrics

@@ -18,7 +18,7 @@ import asyncio
 import base64
 import functools
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
@@ -367,58 +367,6 @@ async def _connect(
         raise stream.unreachable(f"TLS handshake failed: {exc.reason or exc}") from None
     except OSError as exc:
         raise stream.unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
-
-
-class AsyncBody:
-    """A sink read by a coroutine: ``async for data in body.chunks()`` yields the body
-    as it arrives and raises what ended it early. Past ``limit`` unread bytes the
-    upstream is paused until the reader catches up."""
-
-    def __init__(self, upstream: UpstreamStream, limit: int = 1024 * 1024) -> None:
-        self.upstream = upstream
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._end: tuple[ProxyError | None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        upstream.attach(self)
-
-    def body(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > self._limit:
-            self.upstream.pause_reading()
-        self._wake()
-
-    def end(self, error: ProxyError | None) -> None:
-        self._end = (error,)
-        self._wake()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            if self._chunks:
-                data, self._chunks = b"".join(self._chunks), []
-                if self._size > self._limit:
-                    self.upstream.resume_reading()
-                self._size = 0
-                yield data
-            elif self._end is not None:
-                if self._end[0] is not None:
-                    raise self._end[0]
-                return
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-
-    async def read(self) -> bytes:
-        return b"".join([data async for data in self.chunks()])
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 def _request_head(
