@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from proxy import native
 from proxy.aiohttp_raw import HeldHeadResponse, raw_channel
 from proxy.backend import UpstreamStream
 from proxy.clock import Clock
@@ -95,7 +96,9 @@ class _Relay:
         """Hand the next text chunks to the C read path (``UpstreamStream.arm_relay``),
         unless it already has them or this stream is not in its steady state."""
         upstream = self.upstream
-        if upstream.armed or self.backlogged or self.gone or self.error is not None or self.client is None:
+        if not native.BUILT or upstream.armed or self.backlogged or self.gone or self.error is not None:
+            return  # without the C module, no work per read at all
+        if self.client is None:
             return
         line = self.encoder.fast_line()
         if line is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,3 +339,23 @@ def test_the_c_read_path_is_built_where_ci_runs() -> None:
     if not os.environ.get("PROXY_REQUIRE_C"):
         pytest.skip("PROXY_REQUIRE_C is not set (.ci/run sets it)")
     assert native.BUILT, native.WHY_NOT
+
+
+def test_without_the_c_module_streams_take_the_python_path_alone() -> None:
+    """OLLAMA_PROXY_NO_C=1 (as a machine without a C compiler): the stand-in never arms and
+    the same bytes come out."""
+    script = (
+        "import asyncio, sys\n"
+        "from proxy import native\n"
+        "from proxy.h1client import UpstreamStream\n"
+        "from tests.unit.test_fast import ROWS, relay\n"
+        "assert not native.BUILT and native.WHY_NOT == 'OLLAMA_PROXY_NO_C is set', native.WHY_NOT\n"
+        "assert UpstreamStream.data_received is UpstreamStream._data_received\n"
+        "run = asyncio.run(relay(ROWS[0][1], on=True))\n"
+        "sys.stdout.buffer.write(run.out)\n"
+    )
+    env = {**os.environ, "OLLAMA_PROXY_NO_C": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    expected = asyncio.run(relay(ROWS[0][1], on=False)).out
+    assert done.stdout == expected and expected
