@@ -135,7 +135,9 @@ def messages(draw: st.DrawFn) -> Any:
     out = []
     for _ in range(draw(st.integers(0, 3))):
         message: dict[str, Any] = {"role": draw(st.sampled_from(["user", "assistant", "system", "tool", "USER"]) | VALUES)}
-        for key in draw(st.sets(st.sampled_from(["content", "images", "tool_calls", "thinking", "tool_name", "tool_call_id"]))):
+        for key in sorted(
+            draw(st.sets(st.sampled_from(["content", "images", "tool_calls", "thinking", "tool_name", "tool_call_id"])))
+        ):  # sorted: a set of str iterates by hash, which PYTHONHASHSEED changes per run
             if key == "tool_calls" and draw(st.booleans()):
                 function = {"name": draw(st.text(max_size=5) | VALUES), "arguments": draw(VALUES)}
                 message[key] = [{"function": function if draw(st.booleans()) else draw(VALUES)}]
@@ -168,7 +170,7 @@ def bodies(draw: st.DrawFn, path: str) -> bytes:
     if kind == 1:
         return orjson.dumps(draw(VALUES))
     body: dict[str, Any] = {"model": draw(MODELS)}
-    for key in draw(st.sets(st.sampled_from(FIELDS.get(path, ["name"])))):
+    for key in sorted(draw(st.sets(st.sampled_from(FIELDS.get(path, ["name"]))))):  # sorted: as above
         if key == "messages":
             body[key] = draw(messages())
         elif key == "options":
