@@ -13,9 +13,8 @@ from typing import Any
 
 import structlog
 
-from proxy.redact import could_hold, scrub, scrub_value
+from proxy.redact import scrub, scrub_fields
 
-_PLAIN = (int, float, bool, type(None))  # nothing to mask
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -59,16 +58,7 @@ class _Scrubber:
         self._secrets = secrets
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        secrets = tuple(self._secrets)
-        suspect = could_hold(secrets)
-        for key, value in event.items():
-            kind = type(value)
-            if kind is str:
-                if suspect(value) is not None:
-                    event[key] = scrub(value, secrets)
-            elif kind not in _PLAIN:
-                event[key] = scrub_value(value, secrets)
-        return event
+        return scrub_fields(event, tuple(self._secrets))
 
 
 class _ScrubbingFormatter(logging.Formatter):

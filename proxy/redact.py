@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -105,7 +105,21 @@ def scrub_value(value: Any, secrets: tuple[str, ...], bearer: bool = True) -> An
     return value
 
 
-_PLAIN = (int, float, bool, type(None))
+_PLAIN = (int, float, bool, type(None))  # nothing to mask
+
+
+def scrub_fields(event: MutableMapping[str, Any], secrets: tuple[str, ...]) -> MutableMapping[str, Any]:
+    """``scrub_value`` of each value of a log event, in place; a string is scrubbed only if
+    ``could_hold`` says it may hold something to mask (most of a line's strings do not)."""
+    suspect = could_hold(secrets)
+    for key, value in event.items():
+        kind = type(value)
+        if kind is str:
+            if suspect(value) is not None:
+                event[key] = scrub(value, secrets)
+        elif kind not in _PLAIN:
+            event[key] = scrub_value(value, secrets)
+    return event
 
 
 @functools.lru_cache(maxsize=64)
