@@ -96,10 +96,8 @@ class _Relay:
         """Hand the next text chunks to the C read path (``UpstreamStream.arm_relay``),
         unless it already has them or this stream is not in its steady state."""
         upstream = self.upstream
-        if not native.BUILT or upstream.armed or self.backlogged or self.gone or self.error is not None:
-            return  # without the C module, no work per read at all
-        if self.client is None:
-            return
+        if not native.BUILT or upstream.armed or self.backlogged or self.gone or self.error is not None or self.client is None:
+            return  # (without the C module: no work per read at all)
         line = self.encoder.fast_line()
         if line is not None:
             upstream.arm_relay(self.client, self.high, self._backlog, self.encoder.created_at, line, self.chunked)

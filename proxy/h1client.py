@@ -151,7 +151,6 @@ class UpstreamStream(native.Stream, asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.disarm()
         self._lost = True
         self._stop_timer()
         if self.complete:
@@ -276,7 +275,6 @@ class UpstreamStream(native.Stream, asyncio.Protocol):
                 self._sink.end(error)
 
     def _bad(self, reason: str) -> None:
-        self.disarm()
         message = f"vLLM backend {self.backend.name} sent a malformed HTTP response: {reason}"
         if self.transport is not None:
             self.transport.abort()
